@@ -1,0 +1,440 @@
+//! Settings: loaded in layers (built-in `config/default.toml` → `--config FILE` → environment), validated once,
+//! into typed structs. Every error names the key and the fix. Secrets are `SecretString` and never printed.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The shipped defaults, compiled in so the binary needs no file next to it.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+/// Validated settings of the whole service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub database: DatabaseSettings,
+    pub sync: SyncSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: Url,
+    /// `None` until a command that talks to the API needs it; see [`ApiSettings::token`].
+    pub token: Option<SecretString>,
+    pub page_size: u32,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    pub retry_max_elapsed: Duration,
+    pub max_requests_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// May hold a password, hence secret.
+    pub url: SecretString,
+    pub schema: String,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub source: String,
+    pub lookback: Duration,
+    pub settle: Duration,
+    pub backfill_start: DateTime<Utc>,
+    pub backfill_window: Duration,
+    pub backfill_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+// The raw, as-written shape. `deny_unknown_fields` turns a typo in a file or a DEVIN_ETL__ variable into an
+// error instead of a silently ignored setting.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    api: RawApi,
+    database: RawDatabase,
+    sync: RawSync,
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    base_url: String,
+    #[serde(default)]
+    token: Option<SecretString>,
+    #[serde(default)]
+    token_file: String,
+    page_size: i64,
+    timeout: String,
+    connect_timeout: String,
+    max_retries: i64,
+    retry_initial_backoff: String,
+    retry_max_backoff: String,
+    retry_max_elapsed: String,
+    max_requests_per_second: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: SecretString,
+    schema: String,
+    max_connections: i64,
+    connect_timeout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    source: String,
+    lookback: String,
+    settle: String,
+    backfill_start: String,
+    backfill_window: String,
+    backfill_concurrency: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    filter: String,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], with the conventional variables read through `env` (tests pass their own).
+    /// `DEVIN_ETL__…` variables always come from the process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        builder = builder.add_source(Environment::with_prefix("DEVIN_ETL").separator("__").try_parsing(true));
+        // The conventional names, unless the more specific DEVIN_ETL__ form is set.
+        for (conventional, specific, key) in [
+            ("DATABASE_URL", "DEVIN_ETL__DATABASE__URL", "database.url"),
+            ("DEVIN_API_TOKEN", "DEVIN_ETL__API__TOKEN", "api.token"),
+        ] {
+            if let (Some(value), None) = (env(conventional), env(specific)) {
+                builder = builder.set_override(key, value)?;
+            }
+        }
+        let raw: RawSettings = builder.build()?.try_deserialize()?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            api: validate_api(raw.api)?,
+            database: validate_database(raw.database)?,
+            sync: validate_sync(raw.sync)?,
+            log: validate_log(raw.log)?,
+        })
+    }
+}
+
+fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
+    let base_url = parse_base_url(&raw.base_url)?;
+    let token = match (raw.token, raw.token_file.trim()) {
+        (Some(token), _) if !token.expose_secret().trim().is_empty() => {
+            Some(SecretString::from(token.expose_secret().trim().to_owned()))
+        }
+        (_, "") => None,
+        (_, path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("api.token_file", format!("cannot read {path}: {e} (mount the secret file or unset the key)"))
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(invalid("api.token_file", format!("{path} is empty")));
+            }
+            Some(SecretString::from(text.to_owned()))
+        }
+    };
+    if !(1..=200).contains(&raw.page_size) {
+        return Err(invalid("api.page_size", format!("{} is out of range; use 1..=200", raw.page_size)));
+    }
+    if !(0..=100).contains(&raw.max_retries) {
+        return Err(invalid("api.max_retries", format!("{} is out of range; use 0..=100", raw.max_retries)));
+    }
+    let rps = raw.max_requests_per_second;
+    if !rps.is_finite() || rps < 0.0 {
+        return Err(invalid("api.max_requests_per_second", format!("{rps} is invalid; use 0 (off) or a positive number")));
+    }
+    Ok(ApiSettings {
+        base_url,
+        token,
+        page_size: raw.page_size as u32,
+        timeout: positive_duration("api.timeout", &raw.timeout)?,
+        connect_timeout: positive_duration("api.connect_timeout", &raw.connect_timeout)?,
+        max_retries: raw.max_retries as u32,
+        retry_initial_backoff: positive_duration("api.retry_initial_backoff", &raw.retry_initial_backoff)?,
+        retry_max_backoff: positive_duration("api.retry_max_backoff", &raw.retry_max_backoff)?,
+        retry_max_elapsed: positive_duration("api.retry_max_elapsed", &raw.retry_max_elapsed)?,
+        max_requests_per_second: (rps > 0.0).then_some(rps),
+    })
+}
+
+fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> {
+    let url = raw.url.expose_secret();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Not echoing the value: it may carry a password.
+        return Err(invalid("database.url", "must start with postgres:// or postgresql:// (set DATABASE_URL)"));
+    }
+    if !is_identifier(&raw.schema) {
+        return Err(invalid(
+            "database.schema",
+            format!("{:?} is not a plain identifier; use lowercase letters, digits and _ (max 63), not starting with a digit", raw.schema),
+        ));
+    }
+    if !(0..=1000).contains(&raw.max_connections) {
+        return Err(invalid("database.max_connections", format!("{} is out of range; use 0 (auto) ..= 1000", raw.max_connections)));
+    }
+    Ok(DatabaseSettings {
+        url: raw.url,
+        schema: raw.schema,
+        max_connections: raw.max_connections as u32,
+        connect_timeout: positive_duration("database.connect_timeout", &raw.connect_timeout)?,
+    })
+}
+
+fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
+    if raw.source.trim().is_empty() || raw.source.len() > 100 {
+        return Err(invalid("sync.source", "must be a non-empty name of at most 100 characters"));
+    }
+    let backfill_start = DateTime::parse_from_rfc3339(&raw.backfill_start)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| invalid("sync.backfill_start", format!("{:?} is not an RFC 3339 time ({e}); use e.g. \"2024-01-01T00:00:00Z\"", raw.backfill_start)))?;
+    let backfill_window = positive_duration("sync.backfill_window", &raw.backfill_window)?;
+    if backfill_window < Duration::from_secs(3600) {
+        return Err(invalid("sync.backfill_window", "must be at least 1h"));
+    }
+    if !(0..=64).contains(&raw.backfill_concurrency) {
+        return Err(invalid("sync.backfill_concurrency", format!("{} is out of range; use 0 (auto) ..= 64", raw.backfill_concurrency)));
+    }
+    let backfill_concurrency = match raw.backfill_concurrency {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+        n => n as usize,
+    };
+    Ok(SyncSettings {
+        source: raw.source,
+        lookback: duration("sync.lookback", &raw.lookback)?,
+        settle: duration("sync.settle", &raw.settle)?,
+        backfill_start,
+        backfill_window,
+        backfill_concurrency,
+    })
+}
+
+fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
+    let format = match raw.format.as_str() {
+        "auto" => LogFormat::Auto,
+        "json" => LogFormat::Json,
+        "pretty" => LogFormat::Pretty,
+        other => return Err(invalid("log.format", format!("{other:?} is not one of \"auto\", \"json\", \"pretty\""))),
+    };
+    Ok(LogSettings { format, filter: raw.filter })
+}
+
+/// Parses the base URL; plain http is allowed only where nothing leaves the machine.
+fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim())
+        .map_err(|e| invalid("api.base_url", format!("{text:?} is not a URL ({e}); use e.g. \"https://api.devin.ai\"")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(invalid(
+                "api.base_url",
+                format!("{text:?} uses plain http to a non-loopback host, which would send the token unencrypted; use https://"),
+            ));
+        }
+        other => return Err(invalid("api.base_url", format!("unsupported scheme {other:?}; use https://"))),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("api.base_url", "must not carry credentials; set DEVIN_API_TOKEN instead"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("api.base_url", "must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// A safe SQL identifier: we splice the schema name into `search_path`, so it must need no quoting.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && s.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn positive_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, text)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).ok_or_else(|| {
+        invalid(key, format!("{text:?} is not a duration; use a number and a unit: ms, s, m, h or d (e.g. \"30s\", \"10m\")"))
+    })
+}
+
+/// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"7d"` (one number, one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    }?;
+    Some(Duration::from_millis(millis))
+}
+
+impl ApiSettings {
+    /// The token, or an error telling how to provide one.
+    pub fn token(&self) -> Result<&SecretString, ConfigError> {
+        self.token.as_ref().ok_or_else(|| {
+            invalid("api.token", "no API token configured; set DEVIN_API_TOKEN (a service-user key, cog_…) or api.token_file")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_with_env(None, no_env).unwrap();
+        assert_eq!(s.api.base_url.as_str(), "https://api.devin.ai/");
+        assert_eq!(s.api.page_size, 200);
+        assert_eq!(s.database.schema, "devin");
+        assert_eq!(s.sync.lookback, Duration::from_secs(600));
+        assert!(s.api.token.is_none());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("1w"), None);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_base_url("http://localhost:8080").is_ok());
+        assert!(parse_base_url("http://[::1]:8080").is_ok());
+        let err = parse_base_url("http://api.devin.ai").unwrap_err().to_string();
+        assert!(err.starts_with("api.base_url:"), "{err}");
+        assert!(parse_base_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn conventional_env_names_are_read_and_token_is_redacted() {
+        let s = Settings::load_with_env(None, |k| match k {
+            "DEVIN_API_TOKEN" => Some("cog_secret_value".into()),
+            "DATABASE_URL" => Some("postgres://u:pw@db:5432/x".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.api.token().unwrap().expose_secret(), "cog_secret_value");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("cog_secret_value"), "{debug}");
+        assert!(!debug.contains("pw@"), "{debug}");
+    }
+
+    #[test]
+    fn file_values_are_validated_with_the_key_named() {
+        let dir = std::env::temp_dir().join(format!("devin-etl-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        for (body, key) in [
+            ("[api]\npage_size = 500\n", "api.page_size"),
+            ("[sync]\nlookback = \"ten minutes\"\n", "sync.lookback"),
+            ("[database]\nschema = \"Bad-Name\"\n", "database.schema"),
+        ] {
+            std::fs::write(&path, body).unwrap();
+            let err = Settings::load_with_env(Some(&path), no_env).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+        std::fs::write(&path, "[api]\npage_sise = 5\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), no_env).unwrap_err().to_string();
+        assert!(err.contains("page_sise"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
