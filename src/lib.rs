@@ -1,7 +1,14 @@
 //! devin-etl: incremental sync of Devin session insights into normalized PostgreSQL tables.
+//!
+//! Data flow: `api` fetches pages → `sync` decodes and normalizes them into rows → `store` bulk-loads them
+//! and keeps the watermark. `simulator` plays the API for tests, `demo` and benchmarks.
 
 pub mod api;
+pub mod cli;
 pub mod config;
-pub mod store;
+pub mod demo;
+pub mod local_pg;
 pub mod simulator;
+pub mod store;
+pub mod sync;
 pub mod telemetry;
