@@ -147,10 +147,7 @@ impl Settings {
 
     /// As [`Settings::load`], with the conventional variables read through `env` (tests pass their own).
     /// `DEVIN_ETL__…` variables always come from the process environment.
-    pub fn load_with_env(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn load_with_env(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.exists() {
@@ -208,7 +205,10 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
     }
     let rps = raw.max_requests_per_second;
     if !rps.is_finite() || rps < 0.0 {
-        return Err(invalid("api.max_requests_per_second", format!("{rps} is invalid; use 0 (off) or a positive number")));
+        return Err(invalid(
+            "api.max_requests_per_second",
+            format!("{rps} is invalid; use 0 (off) or a positive number"),
+        ));
     }
     Ok(ApiSettings {
         base_url,
@@ -233,11 +233,17 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
     if !is_identifier(&raw.schema) {
         return Err(invalid(
             "database.schema",
-            format!("{:?} is not a plain identifier; use lowercase letters, digits and _ (max 63), not starting with a digit", raw.schema),
+            format!(
+                "{:?} is not a plain identifier; use lowercase letters, digits and _ (max 63), not starting with a digit",
+                raw.schema
+            ),
         ));
     }
     if !(0..=1000).contains(&raw.max_connections) {
-        return Err(invalid("database.max_connections", format!("{} is out of range; use 0 (auto) ..= 1000", raw.max_connections)));
+        return Err(invalid(
+            "database.max_connections",
+            format!("{} is out of range; use 0 (auto) ..= 1000", raw.max_connections),
+        ));
     }
     Ok(DatabaseSettings {
         url: raw.url,
@@ -251,15 +257,22 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
     if raw.source.trim().is_empty() || raw.source.len() > 100 {
         return Err(invalid("sync.source", "must be a non-empty name of at most 100 characters"));
     }
-    let backfill_start = DateTime::parse_from_rfc3339(&raw.backfill_start)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| invalid("sync.backfill_start", format!("{:?} is not an RFC 3339 time ({e}); use e.g. \"2024-01-01T00:00:00Z\"", raw.backfill_start)))?;
+    let backfill_start =
+        DateTime::parse_from_rfc3339(&raw.backfill_start).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+            invalid(
+                "sync.backfill_start",
+                format!("{:?} is not an RFC 3339 time ({e}); use e.g. \"2024-01-01T00:00:00Z\"", raw.backfill_start),
+            )
+        })?;
     let backfill_window = positive_duration("sync.backfill_window", &raw.backfill_window)?;
     if backfill_window < Duration::from_secs(3600) {
         return Err(invalid("sync.backfill_window", "must be at least 1h"));
     }
     if !(0..=64).contains(&raw.backfill_concurrency) {
-        return Err(invalid("sync.backfill_concurrency", format!("{} is out of range; use 0 (auto) ..= 64", raw.backfill_concurrency)));
+        return Err(invalid(
+            "sync.backfill_concurrency",
+            format!("{} is out of range; use 0 (auto) ..= 64", raw.backfill_concurrency),
+        ));
     }
     let backfill_concurrency = match raw.backfill_concurrency {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
@@ -287,15 +300,18 @@ fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
 
 /// Parses the base URL; plain http is allowed only where nothing leaves the machine.
 fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text.trim())
-        .map_err(|e| invalid("api.base_url", format!("{text:?} is not a URL ({e}); use e.g. \"https://api.devin.ai\"")))?;
+    let url = Url::parse(text.trim()).map_err(|e| {
+        invalid("api.base_url", format!("{text:?} is not a URL ({e}); use e.g. \"https://api.devin.ai\""))
+    })?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
         "http" => {
             return Err(invalid(
                 "api.base_url",
-                format!("{text:?} uses plain http to a non-loopback host, which would send the token unencrypted; use https://"),
+                format!(
+                    "{text:?} uses plain http to a non-loopback host, which would send the token unencrypted; use https://"
+                ),
             ));
         }
         other => return Err(invalid("api.base_url", format!("unsupported scheme {other:?}; use https://"))),
@@ -336,7 +352,10 @@ fn positive_duration(key: &'static str, text: &str) -> Result<Duration, ConfigEr
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
     parse_duration(text).ok_or_else(|| {
-        invalid(key, format!("{text:?} is not a duration; use a number and a unit: ms, s, m, h or d (e.g. \"30s\", \"10m\")"))
+        invalid(
+            key,
+            format!("{text:?} is not a duration; use a number and a unit: ms, s, m, h or d (e.g. \"30s\", \"10m\")"),
+        )
     })
 }
 
@@ -361,7 +380,10 @@ impl ApiSettings {
     /// The token, or an error telling how to provide one.
     pub fn token(&self) -> Result<&SecretString, ConfigError> {
         self.token.as_ref().ok_or_else(|| {
-            invalid("api.token", "no API token configured; set DEVIN_API_TOKEN (a service-user key, cog_…) or api.token_file")
+            invalid(
+                "api.token",
+                "no API token configured; set DEVIN_API_TOKEN (a service-user key, cog_…) or api.token_file",
+            )
         })
     }
 }

@@ -31,7 +31,12 @@ pub async fn run(mut settings: Settings, sessions: usize) -> anyhow::Result<()> 
     let started = Instant::now();
     let sim = Simulator::new(SimulatorConfig { sessions, ..SimulatorConfig::default() });
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    println!("simulator: {} sessions at {} (generated in {:.2} s)", sim.len(), server.base_url(), started.elapsed().as_secs_f64());
+    println!(
+        "simulator: {} sessions at {} (generated in {:.2} s)",
+        sim.len(),
+        server.base_url(),
+        started.elapsed().as_secs_f64()
+    );
     settings.api.base_url = server.base_url().parse().context("simulator URL")?;
     settings.api.token = Some(SecretString::from(sim.token().to_owned()));
 
@@ -51,7 +56,8 @@ pub async fn run(mut settings: Settings, sessions: usize) -> anyhow::Result<()> 
     let idle = syncer.run_once(Mode::Incremental).await?;
     println!("changed in the API between runs: {} updated, {} created\n", updated.len(), created.len());
 
-    print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)]).await?;
+    print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)])
+        .await?;
     server.shutdown().await;
     Ok(())
 }
@@ -76,7 +82,9 @@ fn ensure_server(settings: &Settings) -> anyhow::Result<Option<LocalCluster>> {
     if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
         anyhow::bail!("no PostgreSQL server answers at {host}:{port}; start it or set DATABASE_URL");
     }
-    println!("no PostgreSQL server answers at {host}:{port}: starting a private throwaway cluster in {LOCAL_CLUSTER_DIR}/ (stopped when the demo ends)");
+    println!(
+        "no PostgreSQL server answers at {host}:{port}: starting a private throwaway cluster in {LOCAL_CLUSTER_DIR}/ (stopped when the demo ends)"
+    );
     LocalCluster::start(Path::new(LOCAL_CLUSTER_DIR), port).map(Some)
 }
 
@@ -86,9 +94,8 @@ async fn print_report(syncer: &crate::sync::Syncer, runs: &[(&str, &RunOutcome)]
         println!("{table:<26} {count:>10}");
     }
     let watermark = syncer.store().watermark(&syncer.settings().sync.source).await?;
-    let watermark = watermark
-        .and_then(|w| chrono::DateTime::from_timestamp(w, 0))
-        .map_or("none".to_owned(), |t| t.to_rfc3339());
+    let watermark =
+        watermark.and_then(|w| chrono::DateTime::from_timestamp(w, 0)).map_or("none".to_owned(), |t| t.to_rfc3339());
     println!("\nwatermark: {watermark} (API server time minus settle)\n");
     println!(
         "{:<18} {:>8} {:>8} {:>10} {:>10} {:>12} {:>10}",

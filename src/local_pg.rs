@@ -24,7 +24,8 @@ pub fn server_answers(host: &str, port: u16) -> bool {
 
 /// Finds `initdb` and `pg_ctl` on PATH or in Debian's `/usr/lib/postgresql/*/bin`.
 fn find_tools() -> Option<(PathBuf, PathBuf)> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
         versions.sort();

@@ -43,12 +43,13 @@ async fn incremental_run_after_updates_and_creates_equals_truth_and_drops_remove
 
     app.assert_matches_truth().await;
     assert!(outcome.writes.sessions_written as usize >= updated.len() + created.len());
-    let gone: i64 = sqlx::query_scalar("select count(*) from session_pull_requests where pr_url = $1 and session_id = $2")
-        .bind(&removed_pr)
-        .bind(&with_prs.session_id)
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap();
+    let gone: i64 =
+        sqlx::query_scalar("select count(*) from session_pull_requests where pr_url = $1 and session_id = $2")
+            .bind(&removed_pr)
+            .bind(&with_prs.session_id)
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
     assert_eq!(gone, 0, "the removed pull request is gone");
     let issues: i64 = sqlx::query_scalar("select count(*) from session_issues where session_id = $1")
         .bind(&with_prs.session_id)
@@ -86,7 +87,8 @@ async fn second_run_without_changes_writes_nothing_and_duplicates_nothing() {
             .unwrap();
     assert_eq!(synced_before, synced_after, "no row was rewritten");
     let counts_after = app.store().table_counts().await.unwrap();
-    let data = |c: &Vec<(&'static str, i64)>| c.iter().filter(|(t, _)| !t.starts_with("sync_")).copied().collect::<Vec<_>>();
+    let data =
+        |c: &Vec<(&'static str, i64)>| c.iter().filter(|(t, _)| !t.starts_with("sync_")).copied().collect::<Vec<_>>();
     assert_eq!(data(&counts_before), data(&counts_after));
     app.assert_matches_truth().await;
 }
@@ -209,7 +211,12 @@ async fn a_run_failing_on_page_k_keeps_the_watermark_and_the_next_run_is_exact()
 async fn clock_skew_loses_nothing(offset: i64) {
     let local_now = chrono::Utc::now().timestamp();
     let app = TestApp::spawn_with(
-        SimulatorConfig { sessions: 100, manual_clock: true, start_time: Some(local_now + offset), ..Default::default() },
+        SimulatorConfig {
+            sessions: 100,
+            manual_clock: true,
+            start_time: Some(local_now + offset),
+            ..Default::default()
+        },
         |_| {},
     )
     .await;

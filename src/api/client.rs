@@ -212,7 +212,8 @@ impl ApiClient {
             pacer.wait().await;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let transport = |e: reqwest::Error| ApiError::Transport { request: request.to_owned(), message: describe_reqwest(e) };
+        let transport =
+            |e: reqwest::Error| ApiError::Transport { request: request.to_owned(), message: describe_reqwest(e) };
         let response = self
             .http
             .get(url.clone())
@@ -272,11 +273,8 @@ impl ApiClient {
     /// A short, printable excerpt of a body, with the token masked should a server echo it.
     fn excerpt(&self, body: &[u8]) -> String {
         let text = String::from_utf8_lossy(body);
-        let mut out: String = text
-            .chars()
-            .take(BODY_EXCERPT_CHARS)
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let mut out: String =
+            text.chars().take(BODY_EXCERPT_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
         if text.chars().count() > BODY_EXCERPT_CHARS {
             out.push('…');
         }

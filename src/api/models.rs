@@ -212,19 +212,8 @@ pub mod known {
         "total_session_limit_exceeded",
         "error",
     ];
-    pub const ORIGIN: &[&str] = &[
-        "webapp",
-        "slack",
-        "teams",
-        "api",
-        "linear",
-        "jira",
-        "scheduled",
-        "automation",
-        "cli",
-        "desktop",
-        "other",
-    ];
+    pub const ORIGIN: &[&str] =
+        &["webapp", "slack", "teams", "api", "linear", "jira", "scheduled", "automation", "cli", "desktop", "other"];
     pub const CATEGORY: &[&str] = &[
         "bug_fixing",
         "ci_cd_and_devops",
@@ -240,6 +229,5 @@ pub mod known {
         "unit_test_generation",
     ];
     pub const SESSION_SIZE: &[&str] = &["xs", "s", "m", "l", "xl"];
-    pub const ACTION_ITEM_TYPE: &[&str] =
-        &["machine_setup", "repo_config", "knowledge", "prompt_improvement", "other"];
+    pub const ACTION_ITEM_TYPE: &[&str] = &["machine_setup", "repo_config", "knowledge", "prompt_improvement", "other"];
 }

@@ -183,11 +183,21 @@ mod tests {
             b.text_array(["a,b", "{x}", "q\"", "NULL", "back\\slash"]);
         });
         assert_eq!(row, "{\"a,b\",\"{x}\",\"q\\\\\"\",\"NULL\",\"back\\\\\\\\slash\"}\n");
-        assert_eq!(encoded(|b| { b.text_array([]); }), "{}\n");
+        assert_eq!(
+            encoded(|b| {
+                b.text_array([]);
+            }),
+            "{}\n"
+        );
     }
 
     #[test]
     fn nul_becomes_replacement_character() {
-        assert_eq!(encoded(|b| { b.text("a\0b"); }), "a\u{FFFD}b\n");
+        assert_eq!(
+            encoded(|b| {
+                b.text("a\0b");
+            }),
+            "a\u{FFFD}b\n"
+        );
     }
 }

@@ -50,8 +50,11 @@ const SESSION_COLUMNS: &[(&str, &str)] = &[
     ("raw", "jsonb"),
 ];
 
+/// `(column, type)` of a staging table.
+type Columns = &'static [(&'static str, &'static str)];
+
 /// Child tables: `(table, staging table, columns)`; the staging table has the same columns and types.
-const CHILD_TABLES: &[(&str, &str, &[(&str, &str)])] = &[
+const CHILD_TABLES: &[(&str, &str, Columns)] = &[
     (
         "session_pull_requests",
         "stage_pull_requests",
@@ -72,7 +75,13 @@ const CHILD_TABLES: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "session_action_items",
         "stage_action_items",
-        &[("session_id", "text"), ("position", "integer"), ("action_item", "text"), ("issue_id", "text"), ("type", "text")],
+        &[
+            ("session_id", "text"),
+            ("position", "integer"),
+            ("action_item", "text"),
+            ("issue_id", "text"),
+            ("type", "text"),
+        ],
     ),
     (
         "session_timeline_events",
@@ -120,10 +129,7 @@ static STAGING_DDL: LazyLock<String> = LazyLock::new(|| {
     let mut ddl = String::new();
     let mut table = |name: &str, columns: &[(&str, &str)]| {
         let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-        ddl.push_str(&format!(
-            "create temp table if not exists {name} ({}) on commit delete rows;\n",
-            cols.join(", ")
-        ));
+        ddl.push_str(&format!("create temp table if not exists {name} ({}) on commit delete rows;\n", cols.join(", ")));
     };
     table("stage_sessions", SESSION_COLUMNS);
     for (_, stage, columns) in CHILD_TABLES {

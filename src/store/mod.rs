@@ -66,10 +66,7 @@ impl Store {
             .execute(&self.pool)
             .await
             .with_context(|| format!("cannot create schema {}", self.schema))?;
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .with_context(|| format!("migrating schema {} failed", self.schema))?;
+        MIGRATOR.run(&self.pool).await.with_context(|| format!("migrating schema {} failed", self.schema))?;
         Ok(())
     }
 
@@ -114,12 +111,7 @@ fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptio
 /// `host:port/database` of the configured URL, without user or password, for messages.
 pub fn redacted_target(settings: &DatabaseSettings) -> String {
     match url::Url::parse(settings.url.expose_secret()) {
-        Ok(u) => format!(
-            "{}:{}{}",
-            u.host_str().unwrap_or("localhost"),
-            u.port().unwrap_or(5432),
-            u.path()
-        ),
+        Ok(u) => format!("{}:{}{}", u.host_str().unwrap_or("localhost"), u.port().unwrap_or(5432), u.path()),
         Err(_) => "(unparseable database.url)".to_owned(),
     }
 }

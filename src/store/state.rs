@@ -9,7 +9,10 @@ use sqlx::{Postgres, Transaction};
 use super::Store;
 use super::load::{Checkpoint, WriteStats};
 
-pub(super) async fn apply_checkpoint(tx: &mut Transaction<'_, Postgres>, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+pub(super) async fn apply_checkpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<()> {
     match checkpoint {
         Checkpoint::Watermark { source, value } => {
             sqlx::query(
@@ -104,10 +107,7 @@ impl Store {
     /// Starts a new backfill plan ending at `server_start`, forgetting the windows of an earlier one.
     pub async fn begin_backfill(&self, source: &str, server_start: i64) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("delete from sync_backfill_windows where source = $1")
-            .bind(source)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("delete from sync_backfill_windows where source = $1").bind(source).execute(&mut *tx).await?;
         sqlx::query(
             "insert into sync_state (source, backfill_server_start, backfill_started_at, backfill_completed_at)
              values ($1, $2, now(), null)

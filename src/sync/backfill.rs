@@ -129,11 +129,10 @@ async fn walk_window(syncer: Syncer, window: Window) -> anyhow::Result<(Window, 
         ..ListQuery::default()
     };
     let on_complete = OnComplete::Window { source: syncer.source().to_owned(), created_after, created_before };
-    let span = tracing::info_span!("window", created_after = window.created_after, created_before = window.created_before);
-    let stats = walk::walk(syncer.api(), syncer.store(), query, on_complete)
-        .instrument(span)
-        .await
-        .with_context(|| {
+    let span =
+        tracing::info_span!("window", created_after = window.created_after, created_before = window.created_before);
+    let stats =
+        walk::walk(syncer.api(), syncer.store(), query, on_complete).instrument(span).await.with_context(|| {
             format!(
                 "backfill window created_after={:?} created_before={:?}",
                 window.created_after, window.created_before

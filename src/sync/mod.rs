@@ -158,7 +158,9 @@ impl Syncer {
             (None, _) => None,
         };
         if updated_after.is_none() {
-            tracing::info!("no watermark yet: this run reads the whole history (for a large one, `sync --backfill` is faster)");
+            tracing::info!(
+                "no watermark yet: this run reads the whole history (for a large one, `sync --backfill` is faster)"
+            );
         }
         let query = ListQuery { first: self.settings.api.page_size, updated_after, ..ListQuery::default() };
         let on_complete = OnComplete::Watermark {

@@ -274,10 +274,7 @@ mod tests {
 
     #[test]
     fn pr_urls_parse_for_github_and_gitlab_only() {
-        assert_eq!(
-            parse_pr_url("https://github.com/acme/widgets/pull/42"),
-            (Some("acme/widgets".into()), Some(42))
-        );
+        assert_eq!(parse_pr_url("https://github.com/acme/widgets/pull/42"), (Some("acme/widgets".into()), Some(42)));
         assert_eq!(
             parse_pr_url("https://github.com/acme/widgets/pull/42/files"),
             (Some("acme/widgets".into()), Some(42))

@@ -42,7 +42,12 @@ pub struct WalkStats {
 }
 
 /// Walks `query` from its first page to its last, writing as it goes.
-pub async fn walk(api: &ApiClient, store: &Store, query: ListQuery, on_complete: OnComplete) -> anyhow::Result<WalkStats> {
+pub async fn walk(
+    api: &ApiClient,
+    store: &Store,
+    query: ListQuery,
+    on_complete: OnComplete,
+) -> anyhow::Result<WalkStats> {
     let (sender, mut receiver) = mpsc::channel(PIPELINE_DEPTH);
     let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(api.clone(), query, sender)));
     let mut stats = WalkStats::default();

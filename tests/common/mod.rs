@@ -19,7 +19,8 @@ use sqlx::Connection as _;
 
 /// Admin URL of the test server; each test creates its own database there.
 pub fn admin_url() -> String {
-    std::env::var("DEVIN_ETL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DEVIN_ETL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A database that exists for one test and is dropped when the test ends (also when it panics).
@@ -38,7 +39,8 @@ impl TestDb {
             chrono::Utc::now().timestamp_subsec_nanos()
         );
         let admin = admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("test PostgreSQL must be reachable (see README)");
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.expect("test PostgreSQL must be reachable (see README)");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut conn).await.unwrap();
         conn.close().await.ok();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
@@ -163,10 +165,11 @@ fn expected_repo(url: &str) -> (Value, Value) {
     if parts[0] == "github.com" && parts.len() >= 5 && parts[3] == "pull" {
         return (json!(format!("{}/{}", parts[1], parts[2])), json!(parts[4].parse::<i64>().ok()));
     }
-    if let Some(i) = parts.iter().position(|p| *p == "-") {
-        if parts.get(i + 1) == Some(&"merge_requests") && i >= 3 {
-            return (json!(parts[1..i].join("/")), json!(parts.get(i + 2).and_then(|n| n.parse::<i64>().ok())));
-        }
+    if let Some(i) = parts.iter().position(|p| *p == "-")
+        && parts.get(i + 1) == Some(&"merge_requests")
+        && i >= 3
+    {
+        return (json!(parts[1..i].join("/")), json!(parts.get(i + 2).and_then(|n| n.parse::<i64>().ok())));
     }
     (Value::Null, Value::Null)
 }
@@ -284,8 +287,14 @@ pub async fn assert_warehouse_matches(store: &Store, truth: &[SessionInsights]) 
 fn assert_tables_equal(table: &str, actual: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
     let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
     let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{table}: {} rows missing (e.g. {:?}), {} unexpected (e.g. {:?})",
-        missing.len(), missing.first(), extra.len(), extra.first());
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{table}: {} rows missing (e.g. {:?}), {} unexpected (e.g. {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
     for (key, want) in expected {
         let got = &actual[key];
         if got != want {
