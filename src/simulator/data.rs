@@ -10,8 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::api::models::{
-    ActionItem, Analysis, Classification, FeedbackItem, Issue, NoteUsage, NoteUsageItem, PullRequest,
-    SessionInsights, SuggestedPrompt, TimelineEvent, known,
+    ActionItem, Analysis, Classification, FeedbackItem, Issue, NoteUsage, NoteUsageItem, PullRequest, SessionInsights,
+    SuggestedPrompt, TimelineEvent, known,
 };
 
 /// splitmix64: tiny, fast, good enough for test data, and stable across platforms and releases.
@@ -73,6 +73,7 @@ pub(crate) fn fnv1a(s: &str) -> u64 {
     h
 }
 
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
     "fix", "flaky", "test", "in", "the", "payment", "service", "add", "retry", "logic", "to", "webhook",
     "handler", "migrate", "database", "schema", "for", "orders", "refactor", "auth", "middleware", "update",
@@ -82,19 +83,22 @@ const WORDS: &[&str] = &[
     "invalidation", "race", "condition", "scheduler", "frontend", "React", "component", "TypeScript", "types",
     "Python", "script", "nightly", "job", "metrics", "dashboard", "Grafana", "alert", "rules", "upgrade",
     "Node", "runtime", "lint", "warnings", "config", "loader", "feature", "flag", "rollout", "checkout",
-    "flow", "search", "index", "latency", "regression", "benchmark", "repository", "branch", "pull", "request",
-    "review", "comments", "session", "prompt", "knowledge", "note", "setup", "environment", "secrets",
-    "permissions", "because", "which", "was", "could", "not", "find", "after", "before", "while", "with",
+    "flow", "search", "index", "latency", "regression", "benchmark", "repository", "branch", "pull",
+    "request", "review", "comments", "session", "prompt", "knowledge", "note", "setup", "environment",
+    "secrets", "permissions", "because", "which", "was", "could", "not", "find", "after", "before", "while",
+    "with",
 ];
 
 /// Awkward fragments sprinkled into text: each one has broken some loader somewhere.
+#[rustfmt::skip]
 const SPICE: &[&str] = &[
-    "\t", "\n", "\r\n", "\\", "\"", ",", "{}", "{a,b}", "'", "\\N", "NULL", "日本語のテキスト", "中文字符",
-    "한국어", "🚀", "👩\u{200d}💻", "e\u{301}", "Ünïcödé", "naïve café", "Ω≈ç√", "a\\\"b", "[x]", "$1", "%s",
-    "<b>html</b>", "path\\to\\file", "C:\\Users\\", "\u{a0}nbsp", "tab\tsep", "emoji 🎉✅",
+    "\t", "\n", "\r\n", "\\", "\"", ",", "{}", "{a,b}", "'", "\\N", "NULL", "日本語のテキスト", "中文字符", "한국어", "🚀",
+    "👩\u{200d}💻", "e\u{301}", "Ünïcödé", "naïve café", "Ω≈ç√", "a\\\"b", "[x]", "$1", "%s", "<b>html</b>",
+    "path\\to\\file", "C:\\Users\\", "\u{a0}nbsp", "tab\tsep", "emoji 🎉✅",
 ];
 
 /// Tags: short, some with characters that need quoting in PostgreSQL array literals and COPY.
+#[rustfmt::skip]
 const TAG_POOL: &[&str] = &[
     "backend", "frontend", "urgent", "infra", "security", "needs,comma", "brace{}", "quote\"d", "back\\slash",
     "tab\there", "new\nline", "日本語", "🚀 launch", "e\u{301}", "NULL", "\\N", " leading space", "trailing ",
@@ -103,12 +107,21 @@ const TAG_POOL: &[&str] = &[
 
 const LANGUAGES: &[&str] = &["Rust", "Python", "TypeScript", "Go", "Java", "C++", "Ruby", "SQL", "Bash", "Kotlin"];
 const TOOLS: &[&str] = &[
-    "tokio", "React", "Django", "PostgreSQL", "Docker", "Kubernetes", "Terraform", "GitHub Actions", "pytest",
-    "Next.js", "Redis", "Kafka",
+    "tokio",
+    "React",
+    "Django",
+    "PostgreSQL",
+    "Docker",
+    "Kubernetes",
+    "Terraform",
+    "GitHub Actions",
+    "pytest",
+    "Next.js",
+    "Redis",
+    "Kafka",
 ];
-const SUBCATEGORIES: &[&str] = &[
-    "Other", "Flaky test fix", "Dependency upgrade", "API endpoint", "Performance", "Docs update", "CI pipeline",
-];
+const SUBCATEGORIES: &[&str] =
+    &["Other", "Flaky test fix", "Dependency upgrade", "API endpoint", "Performance", "Docs update", "CI pipeline"];
 const COLORS: &[&str] = &["", "green", "red", "yellow", "blue", "#ff8800", "gray"];
 const LABELS: &[&str] = &["environment", "knowledge", "prompt", "tooling", "repo_setup", "flaky_ci", "permissions"];
 const IMPACTS: &[&str] = &["high", "medium", "low"];
@@ -134,7 +147,7 @@ pub(crate) struct Principals {
 
 impl Principals {
     pub(crate) fn new(seed: u64) -> Principals {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_0AC7);
+        let mut rng = Rng::new(seed ^ 0x005E_ED0F_0AC7);
         let mut ids = |prefix: &str, n: usize| -> Vec<String> {
             (0..n).map(|_| format!("{prefix}{:016x}", rng.next_u64())).collect()
         };
@@ -155,11 +168,8 @@ fn words(rng: &mut Rng, min: usize, max: usize, spice_pct: u32) -> String {
         if i > 0 {
             out.push(' ');
         }
-        if rng.pct(spice_pct) {
-            out.push_str(rng.pick(SPICE));
-        } else {
-            out.push_str(rng.pick(WORDS));
-        }
+        let list = if rng.pct(spice_pct) { SPICE } else { WORDS };
+        out.push_str(list[rng.below(list.len())]);
     }
     out
 }
@@ -205,7 +215,19 @@ fn status_pair(rng: &mut Rng, forced: Option<usize>) -> (String, Option<String>)
         let status = known::STATUS[(i - known::STATUS_DETAIL.len()) % known::STATUS.len()];
         return (status.to_owned(), None);
     }
-    let status = *rng.pick(&["exit", "exit", "exit", "running", "running", "suspended", "suspended", "error", "new", "claimed", "resuming"]);
+    let status = *rng.pick(&[
+        "exit",
+        "exit",
+        "exit",
+        "running",
+        "running",
+        "suspended",
+        "suspended",
+        "error",
+        "new",
+        "claimed",
+        "resuming",
+    ]);
     let detail = match status {
         "running" => Some(*rng.pick(RUNNING)),
         "suspended" => Some(known::STATUS_DETAIL[4 + rng.below(known::STATUS_DETAIL.len() - 4)]),
@@ -287,7 +309,7 @@ fn action_item(rng: &mut Rng, issues: &[Issue], forced_type: Option<usize>) -> A
 fn timeline_event(rng: &mut Rng, issues: &[Issue]) -> TimelineEvent {
     TimelineEvent {
         title: words(rng, 3, 7, 2),
-        description: words(rng, 18, 36, 3),
+        description: words(rng, 14, 30, 3),
         color: (*rng.pick(COLORS)).to_owned(),
         issue_id: issue_ref(rng, issues),
     }
@@ -335,7 +357,7 @@ fn classification(rng: &mut Rng) -> Classification {
 }
 
 fn suggested_prompt(rng: &mut Rng, issues: &[Issue]) -> SuggestedPrompt {
-    let n = rng.below(4);
+    let n = rng.below(5);
     SuggestedPrompt {
         original_prompt: words(rng, 15, 45, 3),
         suggested_prompt: words(rng, 25, 70, 3),
@@ -344,8 +366,8 @@ fn suggested_prompt(rng: &mut Rng, issues: &[Issue]) -> SuggestedPrompt {
 }
 
 fn note_usage(rng: &mut Rng) -> NoteUsage {
-    let good = rng.below(3);
-    let bad = rng.below(3);
+    let good = rng.below(4);
+    let bad = rng.below(4);
     NoteUsage {
         good_usages: (0..good).map(|_| note_usage_item(rng)).collect(),
         bad_usages: (0..bad).map(|_| note_usage_item(rng)).collect(),
@@ -354,13 +376,12 @@ fn note_usage(rng: &mut Rng) -> NoteUsage {
 
 /// A full analysis with random piece counts; `forced_type` makes the first action item that type.
 pub(crate) fn analysis(rng: &mut Rng, forced_type: Option<usize>) -> Analysis {
-    let n_issues = rng.below(5);
+    let n_issues = rng.below(6);
     let issues: Vec<Issue> = (0..n_issues).map(|n| issue(rng, n)).collect();
-    let n_actions = rng.below(5).max(usize::from(forced_type.is_some()));
-    let action_items = (0..n_actions)
-        .map(|i| action_item(rng, &issues, if i == 0 { forced_type } else { None }))
-        .collect();
-    let n_timeline = rng.below(8);
+    let n_actions = rng.below(6).max(usize::from(forced_type.is_some()));
+    let action_items =
+        (0..n_actions).map(|i| action_item(rng, &issues, if i == 0 { forced_type } else { None })).collect();
+    let n_timeline = 1 + rng.below(9);
     let timeline = (0..n_timeline).map(|_| timeline_event(rng, &issues)).collect();
     Analysis {
         classification: if rng.pct(80) { Some(classification(rng)) } else { None },
@@ -417,9 +438,24 @@ impl Forced {
 }
 
 /// Builds one session (without parent/child links; the caller adds those).
-fn session(rng: &mut Rng, p: &Principals, created_at: i64, updated_at: i64, index: Option<usize>) -> SessionInsights {
+/// Parent/child links of one session, decided before the session is built.
+#[derive(Default, Clone)]
+struct Links {
+    parent: Option<String>,
+    children: Vec<String>,
+}
+
+/// Builds one session with id `devin-<hex>`.
+fn session(
+    rng: &mut Rng,
+    p: &Principals,
+    hex: &str,
+    created_at: i64,
+    updated_at: i64,
+    index: Option<usize>,
+    links: Links,
+) -> SessionInsights {
     let forced = index.map_or_else(Forced::none, Forced::for_index);
-    let hex = rng.hex32();
     let (status, status_detail) = status_pair(rng, forced.status);
     let (session_size, acus_consumed) = session_size_for(rng, forced.size);
 
@@ -515,9 +551,10 @@ fn session(rng: &mut Rng, p: &Principals, created_at: i64, updated_at: i64, inde
         num_devin_messages: user_msgs * 2 + rng.range_i64(0, 60),
         is_archived: rng.pct(10),
         playbook_id: if rng.pct(25) { Some(rng.pick(&p.playbooks).clone()) } else { None },
-        parent_session_id: None,
-        // Slot 4 is always null, slot 6 always an empty array; otherwise a mix (parents get ids later).
+        parent_session_id: links.parent,
+        // Slot 4 is null and slot 6 an empty array unless they have children; otherwise a mix.
         child_session_ids: match slot {
+            _ if !links.children.is_empty() => Some(links.children),
             4 => None,
             6 => Some(Vec::new()),
             _ if rng.pct(45) => None,
@@ -532,17 +569,42 @@ fn session(rng: &mut Rng, p: &Principals, created_at: i64, updated_at: i64, inde
     }
 }
 
-/// Links `child` to `parent` (both in `sessions`).
-fn link(sessions: &mut [SessionInsights], parent: usize, child: usize) {
-    let parent_id = sessions[parent].session_id.clone();
-    let child_id = sessions[child].session_id.clone();
-    sessions[child].parent_session_id = Some(parent_id);
-    sessions[parent].child_session_ids.get_or_insert_with(Vec::new).push(child_id);
+/// A seed for per-index generators, so sessions can be built in parallel and still deterministically.
+fn index_seed(seed: u64, stream: u64, i: usize) -> u64 {
+    Rng::new(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB))
+        .next_u64()
+}
+
+/// Runs `f(0..n)` on all cores, in order.
+fn par_map<U: Send>(n: usize, f: impl Fn(usize) -> U + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 8);
+    if threads == 1 || n < 2000 {
+        return (0..n).map(f).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || (t * chunk..((t + 1) * chunk).min(n)).map(f).collect::<Vec<U>>()))
+            .collect();
+        handles
+            .into_iter()
+            // A worker only panics on a bug in the generator: propagate it.
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// The initial data set: `n` sessions created over `[start - history_days, start - 1h]`, in ascending
-/// `created_at` order. Deterministic in (`seed`, `start`, `history_days`, `n`).
-pub(crate) fn generate(seed: u64, n: usize, start: i64, history_days: i64) -> Vec<SessionInsights> {
+/// `created_at` order, each passed through `f` (e.g. serialization) on the worker that built it.
+/// Deterministic in (`seed`, `start`, `history_days`, `n`).
+pub(crate) fn generate_map<U: Send>(
+    seed: u64,
+    n: usize,
+    start: i64,
+    history_days: i64,
+    f: impl Fn(SessionInsights) -> U + Sync,
+) -> Vec<U> {
     let p = Principals::new(seed);
     let mut rng = Rng::new(seed);
     let hi = start - 3_600;
@@ -571,54 +633,74 @@ pub(crate) fn generate(seed: u64, n: usize, start: i64, history_days: i64) -> Ve
         i += len;
     }
 
-    // The forced coverage slots should not all sit at the oldest end of history: rotate them into
-    // the data set at a seed-dependent offset.
-    let offset = if n > 0 { rng.below(n) } else { 0 };
-    let mut sessions: Vec<SessionInsights> = (0..n)
-        .map(|k| {
-            let slot = (k + n - offset) % n;
-            session(&mut rng, &p, created[k], updated[k].max(created[k]), Some(slot))
-        })
-        .collect();
-
+    // Ids and parent/child links first (cheap, sequential), so the sessions can be built in parallel.
+    let hexes: Vec<String> = (0..n).map(|k| Rng::new(index_seed(seed, 1, k)).hex32()).collect();
+    let mut links: Vec<Links> = (0..n).map(|_| Links::default()).collect();
+    let link = |links: &mut [Links], parent: usize, child: usize| {
+        links[child].parent = Some(format!("devin-{}", hexes[parent]));
+        links[parent].children.push(format!("devin-{}", hexes[child]));
+    };
     for child in 1..n {
         if rng.pct(12) {
             let parent = child - 1 - rng.below(child.min(200));
-            link(&mut sessions, parent, child);
+            link(&mut links, parent, child);
         } else if rng.below(100) == 0 {
             // Parent that no longer exists (deleted upstream).
-            sessions[child].parent_session_id = Some(format!("devin-{}", rng.hex32()));
+            links[child].parent = Some(format!("devin-{}", rng.hex32()));
         }
     }
     // A guaranteed parent with several children when the data set is big enough.
     if n >= 8 {
         for child in [n - 1, n - 2, n - 3] {
-            if sessions[child].parent_session_id.is_none() {
-                link(&mut sessions, n - 4, child);
+            if links[child].parent.is_none() {
+                link(&mut links, n - 4, child);
             }
         }
     }
-    sessions
+
+    // The forced coverage slots should not all sit at the oldest end of history: rotate them into
+    // the data set at a seed-dependent offset.
+    let offset = if n > 0 { rng.below(n) } else { 0 };
+    par_map(n, |k| {
+        let slot = (k + n - offset) % n;
+        let mut r = Rng::new(index_seed(seed, 2, k));
+        let l = links[k].clone();
+        f(session(&mut r, &p, &hexes[k], created[k], updated[k].max(created[k]), Some(slot), l))
+    })
+}
+
+/// [`generate_map`] without mapping.
+#[cfg(test)]
+pub(crate) fn generate(seed: u64, n: usize, start: i64, history_days: i64) -> Vec<SessionInsights> {
+    generate_map(seed, n, start, history_days, |s| s)
 }
 
 /// `n` new sessions created at `now`; some of them children of earlier ones in the same batch.
 pub(crate) fn generate_new(rng: &mut Rng, p: &Principals, n: usize, now: i64) -> Vec<SessionInsights> {
-    let mut sessions: Vec<SessionInsights> = (0..n).map(|_| session(rng, p, now, now, None)).collect();
+    let hexes: Vec<String> = (0..n).map(|_| rng.hex32()).collect();
+    let mut links: Vec<Links> = (0..n).map(|_| Links::default()).collect();
     for child in 1..n {
         if rng.pct(10) {
             let parent = rng.below(child);
-            link(&mut sessions, parent, child);
+            links[child].parent = Some(format!("devin-{}", hexes[parent]));
+            links[parent].children.push(format!("devin-{}", hexes[child]));
         }
     }
-    sessions
+    hexes.iter().zip(links).map(|(hex, l)| session(rng, p, hex, now, now, None, l)).collect()
 }
 
 /// A meaningful upstream change to one session; the caller sets `updated_at`.
 pub(crate) fn mutate(rng: &mut Rng, s: &mut SessionInsights) {
     s.title = Some(format!("{} (rev {})", words(rng, 4, 10, 6), rng.below(1000)));
-    let (status, detail) = status_pair(rng, None);
-    s.status = status;
-    s.status_detail = detail;
+    // Always a different status (a few draws; the list has seven values).
+    for _ in 0..16 {
+        let (status, detail) = status_pair(rng, None);
+        if status != s.status {
+            s.status = status;
+            s.status_detail = detail;
+            break;
+        }
+    }
     s.acus_consumed = ((s.acus_consumed * 1000.0).round() + rng.range_i64(1, 5_000) as f64) / 1000.0;
     s.num_user_messages += rng.range_i64(1, 5);
     s.num_devin_messages += rng.range_i64(1, 12);
@@ -687,19 +769,36 @@ pub(crate) fn apply_unknown_enums(s: &mut SessionInsights) {
 
 /// Whether the served JSON of this session omits keys equal to their spec default (~10% of sessions).
 pub(crate) fn omits_defaults(session_id: &str) -> bool {
-    fnv1a(session_id) % 10 == 0
+    fnv1a(session_id).is_multiple_of(10)
 }
 
 /// The served JSON of one session. All keys are present (None → null) except for the ~10% of sessions
 /// that omit keys equal to the spec default, so clients exercise their defaults.
-pub(crate) fn to_json(s: &SessionInsights) -> Vec<u8> {
-    if !omits_defaults(&s.session_id) {
-        // Serializing a struct of strings, numbers and a JSON map cannot fail.
-        return serde_json::to_vec(s).unwrap_or_default();
+pub(crate) fn to_json(s: &SessionInsights) -> Box<[u8]> {
+    thread_local! {
+        // Reused per thread: one exact-size allocation per session instead of grow-and-shrink.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        // Writing into a Vec cannot fail, and these types always serialize.
+        let _ = if omits_defaults(&s.session_id) {
+            serde_json::to_writer(&mut *buf, &to_value(s))
+        } else {
+            serde_json::to_writer(&mut *buf, s)
+        };
+        buf.as_slice().into()
+    })
+}
+
+/// [`to_json`] as a `Value` (for the served variants that alter items).
+pub(crate) fn to_value(s: &SessionInsights) -> Value {
+    // Cannot fail for this type (see `to_json`).
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    strip_defaults(&mut v);
-    serde_json::to_vec(&v).unwrap_or_default()
+    if omits_defaults(&s.session_id) {
+        strip_defaults(&mut v);
+    }
+    v
 }
 
 fn strip_defaults(v: &mut Value) {
@@ -710,7 +809,9 @@ fn strip_defaults(v: &mut Value) {
     if obj.get("origin") == Some(&Value::Null) {
         obj.remove("origin");
     }
-    let Some(analysis) = obj.get_mut("analysis").and_then(Value::as_object_mut) else { return };
+    let Some(analysis) = obj.get_mut("analysis").and_then(Value::as_object_mut) else {
+        return;
+    };
     let mut strip = |list: &str, key: &str, default: &str| {
         if let Some(items) = analysis.get_mut(list).and_then(Value::as_array_mut) {
             for item in items.iter_mut().filter_map(Value::as_object_mut) {
@@ -745,7 +846,9 @@ pub(crate) fn add_extra_fields(v: &mut Value) {
     obj.insert("x_future_field".to_owned(), extra());
     obj.insert("x_added_in_v4".to_owned(), json!("surprise"));
     tag_all(obj.get_mut("pull_requests"));
-    let Some(a) = obj.get_mut("analysis").filter(|a| a.is_object()) else { return };
+    let Some(a) = obj.get_mut("analysis").filter(|a| a.is_object()) else {
+        return;
+    };
     tag(a);
     tag_all(a.get_mut("issues"));
     tag_all(a.get_mut("action_items"));

@@ -47,7 +47,8 @@ const SESSION_COLUMNS: &[(&str, &str)] = &[
     ("tools_and_frameworks", "text[]"),
     ("suggested_prompt_original", "text"),
     ("suggested_prompt", "text"),
-    ("raw", "jsonb"),
+    // Staged as text and cast once by the merge: parsing and compressing it twice halves COPY's speed.
+    ("raw", "text"),
 ];
 
 /// `(column, type)` of a staging table.
@@ -126,16 +127,16 @@ const CHILD_TABLES: &[(&str, &str, Columns)] = &[
 /// Temp tables live per connection and empty themselves at every commit, so a rolled-back or retried batch
 /// never sees another's rows. Created once per pooled connection (see `Store::connect`).
 static STAGING_DDL: LazyLock<String> = LazyLock::new(|| {
-    let mut ddl = String::new();
-    let mut table = |name: &str, columns: &[(&str, &str)]| {
+    let table = |name: &str, columns: &[(&str, &str)]| {
         let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-        ddl.push_str(&format!("create temp table if not exists {name} ({}) on commit delete rows;\n", cols.join(", ")));
+        format!("create temp table if not exists {name} ({}) on commit delete rows;\n", cols.join(", "))
     };
-    table("stage_sessions", SESSION_COLUMNS);
+    let mut ddl = table("stage_sessions", SESSION_COLUMNS);
+    // Staging rows live for one transaction: compressing large values there is wasted work.
+    ddl.push_str("alter table stage_sessions alter column raw set storage external;\n");
     for (_, stage, columns) in CHILD_TABLES {
-        table(stage, columns);
+        ddl.push_str(&table(stage, columns));
     }
-    table("stage_changed", &[("session_id", "text primary key")]);
     ddl
 });
 
@@ -145,21 +146,19 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
         .iter()
         .map(|c| match *c {
             "created_at" | "updated_at" => format!("to_timestamp({c})"),
+            "raw" => "raw::jsonb".to_owned(),
             _ => (*c).to_owned(),
         })
         .collect();
     let set: Vec<String> = names.iter().skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
     format!(
-        "with written as (
-            insert into sessions as s ({cols})
+        "insert into sessions as s ({cols})
             select {select} from stage_sessions order by session_id
             on conflict (session_id) do update set {set}, synced_at = now(), deleted_at = null
             where excluded.updated_at > s.updated_at
                or (excluded.updated_at = s.updated_at
                    and (excluded.raw is distinct from s.raw or s.deleted_at is not null))
-            returning s.session_id
-        )
-        insert into stage_changed (session_id) select session_id from written",
+            returning s.session_id, (s.xmax = 0) as inserted",
         cols = names.join(", "),
         select = select.join(", "),
         set = set.join(", "),
@@ -171,7 +170,10 @@ struct ChildStatements {
     table: &'static str,
     copy: String,
     delete: String,
+    /// Staged rows of the written sessions only.
     insert: String,
+    /// Every staged row: when every staged session was written.
+    insert_all: String,
 }
 
 static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
@@ -182,13 +184,14 @@ static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
             ChildStatements {
                 table,
                 copy: copy_statement(stage, columns),
-                delete: format!("delete from {table} t using stage_changed c where t.session_id = c.session_id"),
+                // `= any($1)` with the ids bound keeps both statements on the primary key index whatever
+                // the planner guesses about the (never analyzed) staging tables.
+                delete: format!("delete from {table} where session_id = any($1)"),
                 insert: format!(
-                    "insert into {table} ({cols}) select {select} from {stage} x \
-                     where exists (select 1 from stage_changed c where c.session_id = x.session_id)",
+                    "insert into {table} ({cols}) select {cols} from {stage} where session_id = any($1)",
                     cols = cols.join(", "),
-                    select = cols.iter().map(|c| format!("x.{c}")).collect::<Vec<_>>().join(", "),
                 ),
+                insert_all: format!("insert into {table} ({cols}) select {cols} from {stage}", cols = cols.join(", ")),
             }
         })
         .collect()
@@ -281,25 +284,36 @@ async fn write_in(
     let mut stats = WriteStats::default();
     if !batch.sessions.is_empty() {
         copy_into(tx, &COPY_SESSIONS, "sessions", batch.sessions.as_bytes()).await?;
-        let written = sqlx::query(AssertSqlSafe(MERGE_SESSIONS.as_str()))
-            .execute(&mut **tx)
+        let written: Vec<(String, bool)> = sqlx::query_as(AssertSqlSafe(MERGE_SESSIONS.as_str()))
+            .fetch_all(&mut **tx)
             .await
-            .context("merging staged rows into sessions")?
-            .rows_affected();
-        stats.sessions_written = written;
-        stats.rows.insert("sessions", written);
+            .context("merging staged rows into sessions")?;
+        stats.sessions_written = written.len() as u64;
+        stats.rows.insert("sessions", written.len() as u64);
         // Children are staged only when some session changed: a re-read of unchanged data writes nothing.
-        if written > 0 {
+        if !written.is_empty() {
+            let all_written = written.len() == batch.sessions.rows();
+            let updated: Vec<&str> = written.iter().filter(|(_, inserted)| !inserted).map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
             for child in CHILD_STATEMENTS.iter() {
-                sqlx::query(AssertSqlSafe(child.delete.as_str()))
-                    .execute(&mut **tx)
-                    .await
-                    .with_context(|| format!("replacing rows of {}", child.table))?;
+                // A newly inserted session has no child rows yet; only updated ones need theirs cleared.
+                if !updated.is_empty() {
+                    sqlx::query(AssertSqlSafe(child.delete.as_str()))
+                        .bind(&updated)
+                        .execute(&mut **tx)
+                        .await
+                        .with_context(|| format!("replacing rows of {}", child.table))?;
+                }
                 let buffer = batch.child_buffer(child.table);
                 let mut n = 0;
                 if !buffer.is_empty() {
                     copy_into(tx, &child.copy, child.table, buffer.as_bytes()).await?;
-                    n = sqlx::query(AssertSqlSafe(child.insert.as_str()))
+                    let insert = if all_written {
+                        sqlx::query(AssertSqlSafe(child.insert_all.as_str()))
+                    } else {
+                        sqlx::query(AssertSqlSafe(child.insert.as_str())).bind(&ids)
+                    };
+                    n = insert
                         .execute(&mut **tx)
                         .await
                         .with_context(|| format!("merging staged rows into {}", child.table))?

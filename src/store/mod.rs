@@ -104,7 +104,8 @@ fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptio
         .context("database.url is not a valid PostgreSQL URL (check DATABASE_URL)")?;
     Ok(options
         .application_name("devin-etl")
-        .options([("search_path", settings.schema.as_str())])
+        // temp_buffers: staging tables of a large batch stay in memory instead of spilling to disk.
+        .options([("search_path", settings.schema.as_str()), ("temp_buffers", "32MB")])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 

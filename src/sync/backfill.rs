@@ -147,6 +147,9 @@ fn merge(total: &mut WalkStats, w: &WalkStats) {
     total.duplicates += w.duplicates;
     total.writes.add(&w.writes);
     total.max_updated_at = total.max_updated_at.max(w.max_updated_at);
+    total.waiting += w.waiting;
+    total.normalizing += w.normalizing;
+    total.writing += w.writing;
 }
 
 #[cfg(test)]

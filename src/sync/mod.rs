@@ -116,6 +116,12 @@ impl Syncer {
                 record.writes = stats.writes.clone();
                 record.watermark_after = watermark_after;
                 self.store.finish_run(run_id, RunStatus::Succeeded, &record).await?;
+                tracing::debug!(
+                    waiting_ms = stats.waiting.as_millis() as u64,
+                    normalizing_ms = stats.normalizing.as_millis() as u64,
+                    writing_ms = stats.writing.as_millis() as u64,
+                    "where the walks' time went (summed over concurrent walks)"
+                );
                 let outcome = RunOutcome {
                     run_id,
                     mode,

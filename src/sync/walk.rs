@@ -4,6 +4,8 @@
 //! memory however long the walk. The writer merges pages that are already waiting into one batch (fewer,
 //! larger transactions) and commits the walk's checkpoint only with the walk's last page.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
@@ -39,6 +41,10 @@ pub struct WalkStats {
     pub max_updated_at: Option<i64>,
     /// The watermark committed with the last page, if any.
     pub watermark: Option<i64>,
+    /// Where the walk's time went: waiting for pages, decoding and staging, writing.
+    pub waiting: Duration,
+    pub normalizing: Duration,
+    pub writing: Duration,
 }
 
 /// Walks `query` from its first page to its last, writing as it goes.
@@ -52,7 +58,9 @@ pub async fn walk(
     let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(api.clone(), query, sender)));
     let mut stats = WalkStats::default();
     let mut finished = false;
+    let mut clock = Instant::now();
     while let Some(first) = receiver.recv().await {
+        stats.waiting += lap(&mut clock);
         let mut pending_error = None;
         let mut items = Vec::new();
         let mut last = take_page(first?, &mut stats, &mut items)?;
@@ -73,10 +81,12 @@ pub async fn walk(
             normalize::stage(&mut batch, item);
         }
         let checkpoints = if last { completion(&on_complete, &mut stats) } else { Vec::new() };
+        stats.normalizing += lap(&mut clock);
         let written = store
             .write_batch(&batch, &checkpoints)
             .await
             .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
+        stats.writing += lap(&mut clock);
         stats.writes.add(&written);
         if let Some(e) = pending_error {
             return Err(e);
@@ -91,6 +101,14 @@ pub async fn walk(
         anyhow::bail!("the walk ended before its last page (the page fetcher stopped unexpectedly)");
     }
     Ok(stats)
+}
+
+/// Time since `clock`, resetting it.
+fn lap(clock: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let elapsed = now - *clock;
+    *clock = now;
+    elapsed
 }
 
 /// Decodes a page into `items`; returns whether it was the walk's last.
