@@ -65,9 +65,7 @@ pub async fn run(mut settings: Settings, sessions: usize) -> anyhow::Result<()> 
 async fn reset_schema(syncer: &crate::sync::Syncer) -> anyhow::Result<()> {
     let schema = syncer.store().schema();
     // The schema name is a validated plain identifier.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade")))
-        .execute(syncer.store().pool())
-        .await?;
+    sqlx::raw_sql(&format!("drop schema if exists {schema} cascade")).execute(syncer.store().pool()).await?;
     syncer.store().migrate().await
 }
 

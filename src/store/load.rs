@@ -1,5 +1,6 @@
-//! Bulk load of a [`Batch`]: COPY into per-connection staging tables, then one set-based merge per table,
-//! all in one transaction together with the batch's checkpoints (watermark, finished backfill window).
+//! Bulk load of a [`Batch`]: one `insert … select … from unnest($1, $2, …)` per table with every column bound
+//! as an array, all in one transaction together with the batch's checkpoints (watermark, finished backfill
+//! window).
 //!
 //! Merge rules (DESIGN.md "Idempotent upsert"): a session is written when it is new, when its `updated_at`
 //! is newer, or when it is as new but its content differs (late analysis does not bump `updated_at`) or it
@@ -10,157 +11,147 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use anyhow::Context as _;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Postgres, Transaction};
 
 use super::Store;
+use super::columns::{Column, ColumnBuffer};
 use super::rows::Batch;
 use super::state;
 
-/// `(name, staging type)`; timestamps are staged as Unix seconds and converted by the merge.
-const SESSION_COLUMNS: &[(&str, &str)] = &[
-    ("session_id", "text"),
-    ("org_id", "text"),
-    ("user_id", "text"),
-    ("service_user_id", "text"),
-    ("title", "text"),
-    ("url", "text"),
-    ("status", "text"),
-    ("status_detail", "text"),
-    ("origin", "text"),
-    ("category", "text"),
-    ("subcategory", "text"),
-    ("session_size", "text"),
-    ("acus_consumed", "double precision"),
-    ("num_user_messages", "bigint"),
-    ("num_devin_messages", "bigint"),
-    ("is_archived", "boolean"),
-    ("playbook_id", "text"),
-    ("parent_session_id", "text"),
-    ("tags", "text[]"),
-    ("structured_output", "jsonb"),
-    ("created_at", "bigint"),
-    ("updated_at", "bigint"),
-    ("has_analysis", "boolean"),
-    ("classification_category", "text"),
-    ("classification_confidence", "double precision"),
-    ("programming_languages", "text[]"),
-    ("tools_and_frameworks", "text[]"),
-    ("suggested_prompt_original", "text"),
-    ("suggested_prompt", "text"),
-    // Staged as text and cast once by the merge: parsing and compressing it twice halves COPY's speed.
-    ("raw", "text"),
+/// A column as sent: `(name, array element type of the parameter, expression that converts it)`.
+type ColumnSpec = (&'static str, &'static str, &'static str);
+
+/// `sessions` columns in push order (see `Batch::push_session`). Timestamps travel as Unix seconds, arrays
+/// as array literals and JSON as text; the expressions turn them into the table's types.
+const SESSION_COLUMNS: &[ColumnSpec] = &[
+    ("session_id", "text", "session_id"),
+    ("org_id", "text", "org_id"),
+    ("user_id", "text", "user_id"),
+    ("service_user_id", "text", "service_user_id"),
+    ("title", "text", "title"),
+    ("url", "text", "url"),
+    ("status", "text", "status"),
+    ("status_detail", "text", "status_detail"),
+    ("origin", "text", "origin"),
+    ("category", "text", "category"),
+    ("subcategory", "text", "subcategory"),
+    ("session_size", "text", "session_size"),
+    ("acus_consumed", "float8", "acus_consumed"),
+    ("num_user_messages", "int8", "num_user_messages"),
+    ("num_devin_messages", "int8", "num_devin_messages"),
+    ("is_archived", "bool", "is_archived"),
+    ("playbook_id", "text", "playbook_id"),
+    ("parent_session_id", "text", "parent_session_id"),
+    ("tags", "text", "tags::text[]"),
+    ("structured_output", "text", "structured_output::jsonb"),
+    ("created_at", "int8", "to_timestamp(created_at)"),
+    ("updated_at", "int8", "to_timestamp(updated_at)"),
+    ("has_analysis", "bool", "has_analysis"),
+    ("classification_category", "text", "classification_category"),
+    ("classification_confidence", "float8", "classification_confidence"),
+    ("programming_languages", "text", "programming_languages::text[]"),
+    ("tools_and_frameworks", "text", "tools_and_frameworks::text[]"),
+    ("suggested_prompt_original", "text", "suggested_prompt_original"),
+    ("suggested_prompt", "text", "suggested_prompt"),
+    ("raw", "text", "raw::jsonb"),
 ];
 
-/// `(column, type)` of a staging table.
-type Columns = &'static [(&'static str, &'static str)];
-
-/// Child tables: `(table, staging table, columns)`; the staging table has the same columns and types.
-const CHILD_TABLES: &[(&str, &str, Columns)] = &[
+/// Child tables with their columns in push order; `session_id` always comes first.
+const CHILD_TABLES: &[(&str, &[ColumnSpec])] = &[
     (
         "session_pull_requests",
-        "stage_pull_requests",
-        &[("session_id", "text"), ("pr_url", "text"), ("pr_state", "text"), ("repo", "text"), ("pr_number", "integer")],
+        &[
+            ("session_id", "text", "session_id"),
+            ("pr_url", "text", "pr_url"),
+            ("pr_state", "text", "pr_state"),
+            ("repo", "text", "repo"),
+            ("pr_number", "int8", "pr_number"),
+        ],
     ),
     (
         "session_issues",
-        "stage_issues",
         &[
-            ("session_id", "text"),
-            ("position", "integer"),
-            ("issue_id", "text"),
-            ("issue", "text"),
-            ("impact", "text"),
-            ("label", "text"),
+            ("session_id", "text", "session_id"),
+            ("position", "int8", "position"),
+            ("issue_id", "text", "issue_id"),
+            ("issue", "text", "issue"),
+            ("impact", "text", "impact"),
+            ("label", "text", "label"),
         ],
     ),
     (
         "session_action_items",
-        "stage_action_items",
         &[
-            ("session_id", "text"),
-            ("position", "integer"),
-            ("action_item", "text"),
-            ("issue_id", "text"),
-            ("type", "text"),
+            ("session_id", "text", "session_id"),
+            ("position", "int8", "position"),
+            ("action_item", "text", "action_item"),
+            ("issue_id", "text", "issue_id"),
+            ("type", "text", "type"),
         ],
     ),
     (
         "session_timeline_events",
-        "stage_timeline_events",
         &[
-            ("session_id", "text"),
-            ("position", "integer"),
-            ("title", "text"),
-            ("description", "text"),
-            ("color", "text"),
-            ("issue_id", "text"),
+            ("session_id", "text", "session_id"),
+            ("position", "int8", "position"),
+            ("title", "text", "title"),
+            ("description", "text", "description"),
+            ("color", "text", "color"),
+            ("issue_id", "text", "issue_id"),
         ],
     ),
     (
         "session_note_usages",
-        "stage_note_usages",
         &[
-            ("session_id", "text"),
-            ("kind", "text"),
-            ("position", "integer"),
-            ("note_id", "text"),
-            ("message", "text"),
-            ("reason", "text"),
+            ("session_id", "text", "session_id"),
+            ("kind", "text", "kind"),
+            ("position", "int8", "position"),
+            ("note_id", "text", "note_id"),
+            ("message", "text", "message"),
+            ("reason", "text", "reason"),
         ],
     ),
     (
         "session_prompt_feedback",
-        "stage_prompt_feedback",
         &[
-            ("session_id", "text"),
-            ("position", "integer"),
-            ("summary", "text"),
-            ("excerpt", "text"),
-            ("details", "text"),
-            ("issue_id", "text"),
+            ("session_id", "text", "session_id"),
+            ("position", "int8", "position"),
+            ("summary", "text", "summary"),
+            ("excerpt", "text", "excerpt"),
+            ("details", "text", "details"),
+            ("issue_id", "text", "issue_id"),
         ],
     ),
-    ("session_tags", "stage_tags", &[("session_id", "text"), ("tag", "text")]),
-    ("session_children", "stage_children", &[("session_id", "text"), ("child_session_id", "text")]),
+    ("session_tags", &[("session_id", "text", "session_id"), ("tag", "text", "tag")]),
+    ("session_children", &[("session_id", "text", "session_id"), ("child_session_id", "text", "child_session_id")]),
 ];
 
-/// Temp tables live per connection and empty themselves at every commit, so a rolled-back or retried batch
-/// never sees another's rows. Created once per pooled connection (see `Store::connect`).
-static STAGING_DDL: LazyLock<String> = LazyLock::new(|| {
-    let table = |name: &str, columns: &[(&str, &str)]| {
-        let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-        format!("create temp table if not exists {name} ({}) on commit delete rows;\n", cols.join(", "))
-    };
-    let mut ddl = table("stage_sessions", SESSION_COLUMNS);
-    // Staging rows live for one transaction: compressing large values there is wasted work.
-    ddl.push_str("alter table stage_sessions alter column raw set storage external;\n");
-    for (_, stage, columns) in CHILD_TABLES {
-        ddl.push_str(&table(stage, columns));
-    }
-    ddl
-});
+/// `insert into {table} (cols) select exprs from unnest($1::t[], …) as x(cols)`, the shared part of every write.
+fn insert_from_unnest(table: &str, columns: &[ColumnSpec]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
+    let exprs: Vec<&str> = columns.iter().map(|(_, _, e)| *e).collect();
+    let params: Vec<String> = columns.iter().enumerate().map(|(i, (_, t, _))| format!("${}::{t}[]", i + 1)).collect();
+    format!(
+        "insert into {table} as t ({names}) select {exprs} from unnest({params}) as x({names})",
+        names = names.join(", "),
+        exprs = exprs.join(", "),
+        params = params.join(", "),
+    )
+}
 
 static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
-    let names: Vec<&str> = SESSION_COLUMNS.iter().map(|(c, _)| *c).collect();
-    let select: Vec<String> = names
-        .iter()
-        .map(|c| match *c {
-            "created_at" | "updated_at" => format!("to_timestamp({c})"),
-            "raw" => "raw::jsonb".to_owned(),
-            _ => (*c).to_owned(),
-        })
-        .collect();
-    let set: Vec<String> = names.iter().skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
+    let set: Vec<String> = SESSION_COLUMNS.iter().skip(1).map(|(c, _, _)| format!("{c} = excluded.{c}")).collect();
     format!(
-        "insert into sessions as s ({cols})
-            select {select} from stage_sessions order by session_id
-            on conflict (session_id) do update set {set}, synced_at = now(), deleted_at = null
-            where excluded.updated_at > s.updated_at
-               or (excluded.updated_at = s.updated_at
-                   and (excluded.raw is distinct from s.raw or s.deleted_at is not null))
-            returning s.session_id, (s.xmax = 0) as inserted",
-        cols = names.join(", "),
-        select = select.join(", "),
+        "{insert}
+        order by session_id
+        on conflict (session_id) do update set {set}, synced_at = now(), deleted_at = null
+        where excluded.updated_at > t.updated_at
+           or (excluded.updated_at = t.updated_at
+               and (excluded.raw is distinct from t.raw or t.deleted_at is not null))
+        returning t.session_id, (t.xmax = 0) as inserted",
+        insert = insert_from_unnest("sessions", SESSION_COLUMNS),
         set = set.join(", "),
     )
 });
@@ -168,44 +159,43 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
 /// Statements for one child table, built once.
 struct ChildStatements {
     table: &'static str,
-    copy: String,
     delete: String,
-    /// Staged rows of the written sessions only.
-    insert: String,
-    /// Every staged row: when every staged session was written.
+    /// Rows of the written sessions only (their ids bound last).
+    insert_written: String,
+    /// Every row: when every session of the batch was written.
     insert_all: String,
 }
 
 static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
     CHILD_TABLES
         .iter()
-        .map(|(table, stage, columns)| {
-            let cols: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+        .map(|(table, columns)| {
+            let insert_all = insert_from_unnest(table, columns);
             ChildStatements {
                 table,
-                copy: copy_statement(stage, columns),
-                // `= any($1)` with the ids bound keeps both statements on the primary key index whatever
-                // the planner guesses about the (never analyzed) staging tables.
+                // `= any($1)` keeps the delete on the primary key index.
                 delete: format!("delete from {table} where session_id = any($1)"),
-                insert: format!(
-                    "insert into {table} ({cols}) select {cols} from {stage} where session_id = any($1)",
-                    cols = cols.join(", "),
-                ),
-                insert_all: format!("insert into {table} ({cols}) select {cols} from {stage}", cols = cols.join(", ")),
+                insert_written: format!("{insert_all} where x.session_id = any(${})", columns.len() + 1),
+                insert_all,
             }
         })
         .collect()
 });
 
-static COPY_SESSIONS: LazyLock<String> = LazyLock::new(|| copy_statement("stage_sessions", SESSION_COLUMNS));
-
-fn copy_statement(stage: &str, columns: &[(&str, &str)]) -> String {
-    let cols: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
-    format!("copy {stage} ({}) from stdin", cols.join(", "))
-}
-
-pub(super) async fn create_staging_tables(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(AssertSqlSafe(STAGING_DDL.as_str())).execute(conn).await.map(|_| ())
+/// Binds every column of `buffer`, in order.
+fn bind_columns<'q>(
+    mut query: Query<'q, Postgres, PgArguments>,
+    buffer: &'q ColumnBuffer,
+) -> Query<'q, Postgres, PgArguments> {
+    for column in &buffer.columns {
+        query = match column {
+            Column::Text(v) => query.bind(v),
+            Column::Int(v) => query.bind(v),
+            Column::Float(v) => query.bind(v),
+            Column::Bool(v) => query.bind(v),
+        };
+    }
+    query
 }
 
 /// Progress that commits together with a batch.
@@ -283,22 +273,26 @@ async fn write_in(
 ) -> anyhow::Result<WriteStats> {
     let mut stats = WriteStats::default();
     if !batch.sessions.is_empty() {
-        copy_into(tx, &COPY_SESSIONS, "sessions", batch.sessions.as_bytes()).await?;
-        let written: Vec<(String, bool)> = sqlx::query_as(AssertSqlSafe(MERGE_SESSIONS.as_str()))
+        let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), &batch.sessions)
+            .try_map(|row: sqlx::postgres::PgRow| {
+                use sqlx::Row as _;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
             .fetch_all(&mut **tx)
             .await
-            .context("merging staged rows into sessions")?;
+            .context("merging the batch into sessions")?;
         stats.sessions_written = written.len() as u64;
         stats.rows.insert("sessions", written.len() as u64);
-        // Children are staged only when some session changed: a re-read of unchanged data writes nothing.
+        // Children only when some session changed: a re-read of unchanged data writes nothing.
         if !written.is_empty() {
             let all_written = written.len() == batch.sessions.rows();
-            let updated: Vec<&str> = written.iter().filter(|(_, inserted)| !inserted).map(|(id, _)| id.as_str()).collect();
+            let updated: Vec<&str> =
+                written.iter().filter(|(_, inserted)| !inserted).map(|(id, _)| id.as_str()).collect();
             let ids: Vec<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
             for child in CHILD_STATEMENTS.iter() {
                 // A newly inserted session has no child rows yet; only updated ones need theirs cleared.
                 if !updated.is_empty() {
-                    sqlx::query(AssertSqlSafe(child.delete.as_str()))
+                    sqlx::query(child.delete.as_str())
                         .bind(&updated)
                         .execute(&mut **tx)
                         .await
@@ -307,16 +301,15 @@ async fn write_in(
                 let buffer = batch.child_buffer(child.table);
                 let mut n = 0;
                 if !buffer.is_empty() {
-                    copy_into(tx, &child.copy, child.table, buffer.as_bytes()).await?;
                     let insert = if all_written {
-                        sqlx::query(AssertSqlSafe(child.insert_all.as_str()))
+                        bind_columns(sqlx::query(child.insert_all.as_str()), buffer)
                     } else {
-                        sqlx::query(AssertSqlSafe(child.insert.as_str())).bind(&ids)
+                        bind_columns(sqlx::query(child.insert_written.as_str()), buffer).bind(&ids)
                     };
                     n = insert
                         .execute(&mut **tx)
                         .await
-                        .with_context(|| format!("merging staged rows into {}", child.table))?
+                        .with_context(|| format!("writing the batch's rows of {}", child.table))?
                         .rows_affected();
                 }
                 stats.rows.insert(child.table, n);
@@ -327,20 +320,4 @@ async fn write_in(
         state::apply_checkpoint(tx, checkpoint).await?;
     }
     Ok(stats)
-}
-
-async fn copy_into(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    table: &str,
-    bytes: &[u8],
-) -> anyhow::Result<()> {
-    let mut copy = tx.copy_in_raw(statement).await.with_context(|| format!("starting COPY of {table} rows"))?;
-    if let Err(e) = copy.send(bytes).await {
-        // An unfinished COPY leaves the connection unusable; abort it (the transaction rolls back anyway).
-        let _ = copy.abort("send failed").await;
-        return Err(e).with_context(|| format!("sending {table} rows"));
-    }
-    copy.finish().await.with_context(|| format!("loading {table} rows (COPY)"))?;
-    Ok(())
 }

@@ -3,7 +3,7 @@
 //! Every connection's `search_path` is the configured schema, so SQL here and in the migrations uses
 //! unqualified names and one database can hold several independent warehouses.
 
-mod copy;
+mod columns;
 mod load;
 mod rows;
 mod state;
@@ -39,7 +39,6 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(settings.connect_timeout)
-            .after_connect(|conn, _meta| Box::pin(async move { load::create_staging_tables(conn).await }))
             .connect_with(options)
             .await
             .with_context(|| {
@@ -62,7 +61,7 @@ impl Store {
     /// Creates the schema if needed and applies pending migrations.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         // The schema name was validated as a plain identifier at config load; it cannot be bound as a parameter.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create schema if not exists {}", self.schema)))
+        sqlx::raw_sql(&format!("create schema if not exists {}", self.schema))
             .execute(&self.pool)
             .await
             .with_context(|| format!("cannot create schema {}", self.schema))?;
@@ -74,7 +73,7 @@ impl Store {
     pub async fn table_counts(&self) -> anyhow::Result<Vec<(&'static str, i64)>> {
         let mut counts = Vec::new();
         for table in TABLES {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+            let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
                 .fetch_one(&self.pool)
                 .await
                 .with_context(|| format!("counting rows of {table}"))?;
@@ -104,8 +103,7 @@ fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptio
         .context("database.url is not a valid PostgreSQL URL (check DATABASE_URL)")?;
     Ok(options
         .application_name("devin-etl")
-        // temp_buffers: staging tables of a large batch stay in memory instead of spilling to disk.
-        .options([("search_path", settings.schema.as_str()), ("temp_buffers", "32MB")])
+        .options([("search_path", settings.schema.as_str())])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 
@@ -134,7 +132,7 @@ pub async fn create_database_if_missing(settings: &DatabaseSettings) -> anyhow::
         .await?;
     if !exists {
         let quoted = database.replace('"', "\"\"");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database \"{quoted}\"")))
+        sqlx::raw_sql(&format!("create database \"{quoted}\""))
             .execute(&mut admin)
             .await
             .with_context(|| format!("cannot create database {database}"))?;

@@ -1,7 +1,7 @@
 //! Row shapes of the warehouse tables, and [`Batch`]: the rows of one or more pages, encoded for COPY into
 //! staging tables. Column order here must match the staging tables in `load.rs`.
 
-use super::copy::CopyBuffer;
+use super::columns::ColumnBuffer;
 
 /// A `sessions` row. Timestamps are Unix seconds (converted in SQL); `raw` is the item's JSON text.
 #[derive(Debug)]
@@ -97,19 +97,19 @@ pub struct PromptFeedbackRow<'a> {
     pub issue_id: Option<&'a str>,
 }
 
-/// Rows for every table, ready to COPY. Child rows of sessions that turn out unchanged are staged but
-/// not written: the merge keeps only children of sessions it actually inserted or updated.
+/// Rows for every table, column by column. Child rows of sessions that turn out unchanged are sent but not
+/// written: the merge keeps only children of sessions it actually inserted or updated.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub(super) sessions: CopyBuffer,
-    pub(super) pull_requests: CopyBuffer,
-    pub(super) issues: CopyBuffer,
-    pub(super) action_items: CopyBuffer,
-    pub(super) timeline_events: CopyBuffer,
-    pub(super) note_usages: CopyBuffer,
-    pub(super) prompt_feedback: CopyBuffer,
-    pub(super) tags: CopyBuffer,
-    pub(super) children: CopyBuffer,
+    pub(super) sessions: ColumnBuffer,
+    pub(super) pull_requests: ColumnBuffer,
+    pub(super) issues: ColumnBuffer,
+    pub(super) action_items: ColumnBuffer,
+    pub(super) timeline_events: ColumnBuffer,
+    pub(super) note_usages: ColumnBuffer,
+    pub(super) prompt_feedback: ColumnBuffer,
+    pub(super) tags: ColumnBuffer,
+    pub(super) children: ColumnBuffer,
 }
 
 impl Batch {
@@ -122,12 +122,12 @@ impl Batch {
         self.sessions.rows()
     }
 
-    /// Encoded size, to bound how much a batch holds in memory.
+    /// Approximate size, to bound how much a batch holds in memory.
     pub fn bytes(&self) -> usize {
-        self.buffers().iter().map(|b| b.as_bytes().len()).sum()
+        self.buffers().iter().map(|b| b.bytes()).sum()
     }
 
-    fn buffers(&self) -> [&CopyBuffer; 9] {
+    fn buffers(&self) -> [&ColumnBuffer; 9] {
         [
             &self.sessions,
             &self.pull_requests,
@@ -142,7 +142,7 @@ impl Batch {
     }
 
     /// The staged rows of a child table, by the table's name.
-    pub(super) fn child_buffer(&self, table: &str) -> &CopyBuffer {
+    pub(super) fn child_buffer(&self, table: &str) -> &ColumnBuffer {
         match table {
             "session_pull_requests" => &self.pull_requests,
             "session_issues" => &self.issues,

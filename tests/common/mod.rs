@@ -41,7 +41,7 @@ impl TestDb {
         let admin = admin_url();
         let mut conn =
             sqlx::PgConnection::connect(&admin).await.expect("test PostgreSQL must be reachable (see README)");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(&format!("create database {name}")).execute(&mut conn).await.unwrap();
         conn.close().await.ok();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
         TestDb { url: format!("{base}/{name}"), name }
@@ -56,9 +56,8 @@ impl Drop for TestDb {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&mut conn).await;
                 }
             });
         })
@@ -115,10 +114,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
-            .fetch_one(self.store().pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(self.store().pool()).await.unwrap()
     }
 
     /// Asserts that every table holds exactly what the simulator's truth implies, field by field.
@@ -154,7 +150,7 @@ pub async fn actual_rows(store: &Store, table: &str, key_sql: &str) -> BTreeMap<
     } else {
         format!("select {key_sql}, to_jsonb(t) from {table} t")
     };
-    let rows: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(store.pool()).await.unwrap();
+    let rows: Vec<(String, Value)> = sqlx::query_as(&sql).fetch_all(store.pool()).await.unwrap();
     rows.into_iter().map(|(k, v)| (k, canonical(v))).collect()
 }
 
