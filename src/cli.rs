@@ -53,6 +53,13 @@ pub enum Command {
         #[arg(long, default_value_t = 2_000)]
         sessions: usize,
     },
+    /// Grant an existing role read-only access (usage + select) to the schema's tables and views, present and future.
+    GrantReadonly {
+        /// The role (must exist).
+        role: String,
+    },
+    /// Benchmark backfill and incremental runs against the simulator, next to the fetch and COPY floors.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -86,6 +93,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { sessions } => demo::run(settings, sessions).await,
+        Command::GrantReadonly { role } => {
+            let store = Store::connect(&settings.database, 2).await?;
+            store.migrate().await?;
+            store.grant_readonly(&role).await?;
+            println!("granted {role} read-only access to schema {}", store.schema());
+            Ok(())
+        }
+        Command::Bench(args) => crate::bench::run(settings, args).await,
     }
 }
 

@@ -33,7 +33,14 @@ pub struct Settings {
     pub api: ApiSettings,
     pub database: DatabaseSettings,
     pub sync: SyncSettings,
+    pub server: ServerSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: std::net::SocketAddr,
+    pub max_staleness: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +75,12 @@ pub struct SyncSettings {
     pub backfill_start: DateTime<Utc>,
     pub backfill_window: Duration,
     pub backfill_concurrency: usize,
+    /// Normalized to the cron crate's 6/7-field form.
+    pub schedule: cron::Schedule,
+    pub reconcile_schedule: cron::Schedule,
+    pub enrichment_window: Duration,
+    pub enrichment_batch: usize,
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +104,15 @@ struct RawSettings {
     api: RawApi,
     database: RawDatabase,
     sync: RawSync,
+    server: RawServer,
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    max_staleness: String,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +151,11 @@ struct RawSync {
     backfill_start: String,
     backfill_window: String,
     backfill_concurrency: i64,
+    schedule: String,
+    reconcile_schedule: String,
+    enrichment_window: String,
+    enrichment_batch: i64,
+    shutdown_grace: String,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +200,7 @@ impl Settings {
             api: validate_api(raw.api)?,
             database: validate_database(raw.database)?,
             sync: validate_sync(raw.sync)?,
+            server: validate_server(raw.server)?,
             log: validate_log(raw.log)?,
         })
     }
@@ -278,7 +305,15 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
         n => n as usize,
     };
+    if !(1..=200).contains(&raw.enrichment_batch) {
+        return Err(invalid("sync.enrichment_batch", format!("{} is out of range; use 1..=200", raw.enrichment_batch)));
+    }
     Ok(SyncSettings {
+        schedule: parse_schedule("sync.schedule", &raw.schedule)?,
+        reconcile_schedule: parse_schedule("sync.reconcile_schedule", &raw.reconcile_schedule)?,
+        enrichment_window: duration("sync.enrichment_window", &raw.enrichment_window)?,
+        enrichment_batch: raw.enrichment_batch as usize,
+        shutdown_grace: positive_duration("sync.shutdown_grace", &raw.shutdown_grace)?,
         source: raw.source,
         lookback: duration("sync.lookback", &raw.lookback)?,
         settle: duration("sync.settle", &raw.settle)?,
@@ -286,6 +321,31 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
         backfill_window,
         backfill_concurrency,
     })
+}
+
+fn validate_server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
+    let listen = raw.listen.trim().parse().map_err(|e| {
+        invalid("server.listen", format!("{:?} is not an address ({e}); use e.g. \"0.0.0.0:9187\"", raw.listen))
+    })?;
+    Ok(ServerSettings { listen, max_staleness: positive_duration("server.max_staleness", &raw.max_staleness)? })
+}
+
+/// Parses a cron expression: the standard 5 fields (minute first) or the cron crate's 6/7 (seconds first).
+pub fn parse_schedule(key: &'static str, text: &str) -> Result<cron::Schedule, ConfigError> {
+    let fields = text.split_whitespace().count();
+    let normalized = match fields {
+        5 => format!("0 {}", text.trim()),
+        6 | 7 => text.trim().to_owned(),
+        n => {
+            return Err(invalid(
+                key,
+                format!(
+                    "{text:?} has {n} fields; use 5 (\"*/15 * * * *\") or 6/7 with seconds first (\"0 */15 * * * *\")"
+                ),
+            ));
+        }
+    };
+    std::str::FromStr::from_str(&normalized).map_err(|e| invalid(key, format!("invalid cron expression {text:?}: {e}")))
 }
 
 fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
@@ -404,6 +464,20 @@ mod tests {
         assert_eq!(s.database.schema, "devin");
         assert_eq!(s.sync.lookback, Duration::from_secs(600));
         assert!(s.api.token.is_none());
+    }
+
+    #[test]
+    fn cron_accepts_five_six_and_seven_fields_and_names_the_key() {
+        use chrono::Timelike;
+        let five = parse_schedule("sync.schedule", "*/10 * * * *").unwrap();
+        let next = five.upcoming(chrono::Utc).next().unwrap();
+        assert_eq!((next.second(), next.minute() % 10), (0, 0));
+        assert!(parse_schedule("sync.schedule", "0 */10 * * * *").is_ok());
+        assert!(parse_schedule("sync.schedule", "0 0 3 * * * 2030").is_ok());
+        let err = parse_schedule("sync.schedule", "every ten minutes").unwrap_err().to_string();
+        assert!(err.starts_with("sync.schedule:"), "{err}");
+        let err = parse_schedule("sync.reconcile_schedule", "61 * * * *").unwrap_err().to_string();
+        assert!(err.starts_with("sync.reconcile_schedule:"), "{err}");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! and keeps the watermark. `simulator` plays the API for tests, `demo` and benchmarks.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod local_pg;
 pub mod simulator;
 pub mod store;

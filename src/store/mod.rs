@@ -4,6 +4,7 @@
 //! unqualified names and one database can hold several independent warehouses.
 
 mod columns;
+mod grants;
 mod load;
 mod rows;
 mod state;
