@@ -27,14 +27,29 @@ pub struct Cli {
 pub enum Command {
     /// Create the schema and apply pending migrations, then exit.
     Migrate,
-    /// Run one sync (incremental by default), then exit. Migrates first.
-    Sync {
-        /// Load the full history (resumes an unfinished backfill), then set the watermark.
+    /// Run as a service: migrate, serve /healthz /readyz /metrics, and sync on `sync.schedule` until stopped.
+    Run {
+        /// First load the full history, unless a backfill has already completed.
         #[arg(long)]
         backfill: bool,
+    },
+    /// Run one sync (incremental, then enrichment of recent sessions), then exit. Migrates first.
+    Sync {
+        /// Load the full history (resumes an unfinished backfill), then set the watermark.
+        #[arg(long, conflicts_with = "reconcile")]
+        backfill: bool,
+        /// Re-read the whole history and mark sessions the API no longer returns as deleted.
+        #[arg(long)]
+        reconcile: bool,
         /// Also re-read everything updated since this time (RFC 3339 or Unix seconds).
-        #[arg(long, conflicts_with = "backfill")]
+        #[arg(long, conflicts_with_all = ["backfill", "reconcile"])]
         since: Option<String>,
+    },
+    /// Show the watermark and its lag, the backfill's state, recent runs and row counts.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the built-in Devin API simulator (synthetic data) until stopped.
     Simulate {
@@ -73,11 +88,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("schema {} is up to date", store.schema());
             Ok(())
         }
-        Command::Sync { backfill, since } => {
-            let syncer = connect(settings).await?;
-            let mode = if backfill { Mode::Backfill } else { Mode::Incremental };
+        Command::Run { backfill } => run_service(settings, backfill).await,
+        Command::Sync { backfill, reconcile, since } => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(crate::schedule::forward_signals(stop));
+            let syncer = connect(settings).await?.with_shutdown(stopped);
             let since = since.map(|s| parse_time(&s)).transpose()?;
-            syncer.run_once_since(mode, since).await?;
+            let Some(lock) = syncer.store().try_lock_source(syncer.source()).await? else {
+                anyhow::bail!(
+                    "another devin-etl process is syncing source {:?} right now; try again when it is done",
+                    syncer.source()
+                );
+            };
+            let result = match (backfill, reconcile) {
+                (true, _) => syncer.run_once(Mode::Backfill).await.map(drop),
+                (_, true) => syncer.run_once(Mode::Reconcile).await.map(drop),
+                _ => syncer.sync(since).await.map(drop),
+            };
+            lock.release().await;
+            result
+        }
+        Command::Status { json } => {
+            let store = Store::connect(&settings.database, 2).await?;
+            store.migrate().await?;
+            let status = crate::status::collect(&store, &settings.sync.source).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::status::render(&status));
+            }
             Ok(())
         }
         Command::Simulate { port, sessions, seed, host } => {
@@ -102,6 +141,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(settings, args).await,
     }
+}
+
+/// `devin-etl run`: the HTTP endpoints and the scheduler, until SIGTERM/SIGINT.
+async fn run_service(settings: Settings, backfill: bool) -> anyhow::Result<()> {
+    let metrics = telemetry::install_metrics()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::schedule::forward_signals(stop));
+    let listen = settings.server.listen;
+    let max_staleness = settings.server.max_staleness;
+    let syncer = connect(settings).await?.with_shutdown(stopped.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
+    tracing::info!(%listen, "serving /healthz, /readyz and /metrics");
+    let state = crate::http::HttpState {
+        store: syncer.store().clone(),
+        source: syncer.source().to_owned(),
+        max_staleness,
+        metrics,
+    };
+    let mut http_stop = stopped.clone();
+    let http = tokio::spawn(crate::http::serve(listener, state, async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    }));
+    let result = crate::schedule::run_daemon(syncer, backfill, stopped).await;
+    match http.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
 }
 
 /// Connects, migrates and builds a [`Syncer`] with a pool sized to the backfill's concurrency.

@@ -205,6 +205,8 @@ pub enum Checkpoint {
     Watermark { source: String, value: i64 },
     /// A backfill window is fully loaded.
     WindowDone { source: String, created_after: i64, created_before: i64, sessions: i64 },
+    /// A reconcile run saw these sessions.
+    Seen { run_id: i64, session_ids: Vec<String> },
 }
 
 /// What a batch wrote.

@@ -6,6 +6,7 @@
 mod columns;
 mod grants;
 mod load;
+mod lock;
 mod rows;
 mod state;
 
@@ -17,8 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub use load::{Checkpoint, WriteStats};
+pub use lock::SourceLock;
 pub use rows::*;
-pub use state::{BackfillState, RunRecord, RunStatus};
+pub use state::{BackfillState, RunRecord, RunRow, RunStatus};
 
 use crate::config::DatabaseSettings;
 
@@ -31,6 +33,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Store {
     pool: PgPool,
     schema: String,
+    /// For dedicated connections (the advisory lock) outside the pool.
+    connect_options: PgConnectOptions,
 }
 
 impl Store {
@@ -40,7 +44,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(settings.connect_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| {
                 format!(
@@ -48,7 +52,7 @@ impl Store {
                     redacted_target(settings)
                 )
             })?;
-        Ok(Store { pool, schema: settings.schema.clone() })
+        Ok(Store { pool, schema: settings.schema.clone(), connect_options: options })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -41,6 +41,17 @@ pub(super) async fn apply_checkpoint(
             .await
             .context("recording a finished backfill window")?;
         }
+        Checkpoint::Seen { run_id, session_ids } => {
+            sqlx::query(
+                "insert into sync_reconcile_seen (run_id, session_id) select $1, unnest($2::text[])
+                 on conflict do nothing",
+            )
+            .bind(run_id)
+            .bind(session_ids)
+            .execute(&mut **tx)
+            .await
+            .context("recording the sessions a reconcile saw")?;
+        }
     }
     Ok(())
 }
@@ -51,6 +62,21 @@ pub struct BackfillState {
     /// Server time when the backfill began: the plan's end and the watermark it sets when done.
     pub server_start: i64,
     pub completed: bool,
+}
+
+/// A row of `sync_runs`, for `status`.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub run_id: i64,
+    pub mode: String,
+    pub status: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub pages: i64,
+    pub sessions_upserted: i64,
+    pub requests: i64,
+    pub retries: i64,
+    pub error: Option<String>,
 }
 
 /// How a run ended.
@@ -146,6 +172,79 @@ impl Store {
         .await
         .context("marking the backfill complete in sync_state")?;
         Ok(())
+    }
+
+    /// Ends a complete reconcile walk: sessions not seen are marked deleted (soft), unless that would be more
+    /// than `max_fraction` of the live ones — then nothing is marked and an error says why.
+    /// Returns how many were marked.
+    pub async fn finish_reconcile(&self, run_id: i64, max_fraction: f64) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let (live, missing): (i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where not exists (
+                 select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id))
+             from sessions s where s.deleted_at is null",
+        )
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting sessions the reconcile did not see")?;
+        // A handful of deletions is always plausible; a large share of the warehouse vanishing is not.
+        if missing > 10 && missing as f64 > max_fraction * live as f64 {
+            anyhow::bail!(
+                "the API no longer returns {missing} of {live} live sessions; that is more than {:.0}% so none are \
+                 marked deleted (a permission or filter problem upstream is likelier than a mass delete)",
+                max_fraction * 100.0
+            );
+        }
+        let marked = sqlx::query(
+            "update sessions s set deleted_at = now()
+             where s.deleted_at is null and not exists (
+                 select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id)",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .context("marking sessions deleted")?
+        .rows_affected();
+        sqlx::query("delete from sync_reconcile_seen where run_id = $1").bind(run_id).execute(&mut *tx).await?;
+        tx.commit().await.context("committing the reconcile's deletes")?;
+        Ok(marked)
+    }
+
+    /// Removes what earlier (crashed or failed) reconcile runs left in their scratch table.
+    pub async fn clear_reconcile_scratch(&self) -> anyhow::Result<()> {
+        sqlx::query("delete from sync_reconcile_seen")
+            .execute(&self.pool)
+            .await
+            .context("clearing sync_reconcile_seen")?;
+        Ok(())
+    }
+
+    /// Recent sessions (created at or after `created_since`, Unix seconds) still waiting for analysis or
+    /// category, oldest first.
+    pub async fn sessions_pending_enrichment(&self, created_since: i64) -> anyhow::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "select session_id from sessions
+             where created_at >= to_timestamp($1) and (not has_analysis or category is null) and deleted_at is null
+             order by created_at",
+        )
+        .bind(created_since)
+        .fetch_all(&self.pool)
+        .await
+        .context("finding sessions that wait for analysis or category")
+    }
+
+    /// The latest `limit` runs of `source`, newest first.
+    pub async fn recent_runs(&self, source: &str, limit: i64) -> anyhow::Result<Vec<RunRow>> {
+        sqlx::query_as(
+            "select run_id, mode, status, started_at, finished_at, pages, sessions_upserted, requests, retries, error
+             from sync_runs where source = $1 order by run_id desc limit $2",
+        )
+        .bind(source)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading sync_runs")
     }
 
     /// Records the start of a run; returns its id.

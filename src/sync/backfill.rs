@@ -1,14 +1,18 @@
 //! Backfill: the whole history in `created_at` windows, several in flight at once, each window checkpointed
 //! when done so an interrupted backfill resumes where it stopped. When every window is done the watermark
 //! becomes the server time at the backfill's start (minus settle), so the next incremental run picks up
-//! whatever changed while the backfill ran.
+//! whatever changed while the backfill ran. Reconcile walks the same windows (see `reconcile.rs`).
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::Syncer;
-use super::walk::{self, OnComplete, WalkStats};
+use super::walk::{self, OnComplete, WalkPlan, WalkStats};
+use super::{Interrupted, Syncer};
 use crate::api::ListQuery;
 
 /// One window as sent to the API. `None` is an open end.
@@ -42,16 +46,27 @@ pub fn plan(start: i64, width: i64, end: i64) -> Vec<Window> {
     windows
 }
 
-pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
-    let source = syncer.source().to_owned();
-    let store = syncer.store();
+/// The server's clock, from a one-item request; `None` when it sends no `Date`.
+pub(super) async fn server_now(syncer: &Syncer) -> anyhow::Result<Option<i64>> {
     let probe = syncer
         .api()
         .list_page(&ListQuery { first: 1, ..ListQuery::default() })
         .await
-        .context("asking the API for its clock before the backfill")?;
-    let date_known = probe.server_time.is_some();
-    let server_now = probe.server_time.unwrap_or_else(|| {
+        .context("asking the API for its clock")?;
+    Ok(probe.server_time)
+}
+
+/// The windows of history up to `end`, as configured.
+pub(super) fn windows_until(syncer: &Syncer, end: i64) -> Vec<Window> {
+    let sync = &syncer.settings().sync;
+    plan(sync.backfill_start.timestamp(), sync.backfill_window.as_secs() as i64, end)
+}
+
+pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
+    let source = syncer.source().to_owned();
+    let store = syncer.store();
+    let server_time = server_now(syncer).await?;
+    let server_now = server_time.unwrap_or_else(|| {
         tracing::warn!("the API sent no Date header; planning with the local clock, and the watermark will fall back to the largest updated_at seen");
         chrono::Utc::now().timestamp()
     });
@@ -65,54 +80,24 @@ pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
             server_now
         }
     };
-    let sync = &syncer.settings().sync;
-    let all = plan(sync.backfill_start.timestamp(), sync.backfill_window.as_secs() as i64, server_start);
+    let all = windows_until(syncer, server_start);
     let done = store.completed_windows(&source).await?;
     let todo: Vec<Window> = all.iter().copied().filter(|w| !done.contains(&w.key())).collect();
     tracing::info!(
         windows = all.len(),
         already_done = all.len() - todo.len(),
-        concurrency = sync.backfill_concurrency,
+        concurrency = syncer.settings().sync.backfill_concurrency,
         "backfill planned"
     );
+    let mut total = walk_windows(syncer, all.len(), todo, |window| {
+        let (created_after, created_before) = window.key();
+        (OnComplete::Window { source: source.clone(), created_after, created_before }, None)
+    })
+    .await?;
+    total.pages += 1; // the clock probe
 
-    let mut total = WalkStats { pages: 1, ..WalkStats::default() }; // the probe
-    let mut running = JoinSet::new();
-    let mut queue = todo.into_iter();
-    let mut finished = all.len() - queue.len();
-    for window in queue.by_ref().take(sync.backfill_concurrency) {
-        running.spawn(walk_window(syncer.clone(), window));
-    }
-    while let Some(joined) = running.join_next().await {
-        let (window, stats) = match joined {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => {
-                running.abort_all();
-                return Err(e);
-            }
-            Err(e) => {
-                running.abort_all();
-                return Err(anyhow::anyhow!("a backfill window task failed: {e}"));
-            }
-        };
-        finished += 1;
-        tracing::info!(
-            window_created_after = window.created_after,
-            window_created_before = window.created_before,
-            sessions = stats.items,
-            windows_done = finished,
-            windows_total = all.len(),
-            "backfill window done ({finished}/{})",
-            all.len()
-        );
-        merge(&mut total, &stats);
-        if let Some(next) = queue.next() {
-            running.spawn(walk_window(syncer.clone(), next));
-        }
-    }
-
-    let settle = sync.settle.as_secs() as i64;
-    let watermark = if date_known { Some(server_start - settle) } else { total.max_updated_at };
+    let settle = syncer.settings().sync.settle.as_secs() as i64;
+    let watermark = if server_time.is_some() { Some(server_start - settle) } else { total.max_updated_at };
     if let Some(watermark) = watermark {
         store.complete_backfill(&source, watermark).await?;
     }
@@ -120,36 +105,142 @@ pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
     Ok(total)
 }
 
-async fn walk_window(syncer: Syncer, window: Window) -> anyhow::Result<(Window, WalkStats)> {
-    let (created_after, created_before) = window.key();
-    let query = ListQuery {
-        first: syncer.settings().api.page_size,
-        created_after: window.created_after,
-        created_before: window.created_before,
-        ..ListQuery::default()
+/// Walks `todo` windows, `backfill_concurrency` at a time, showing progress (a bar on a terminal, a log line
+/// per window otherwise). `setup` says what each window's walk commits and records. Stops at the first error;
+/// on shutdown, lets running windows finish their current batch and starts no new one.
+pub(super) async fn walk_windows(
+    syncer: &Syncer,
+    total_windows: usize,
+    todo: Vec<Window>,
+    setup: impl Fn(Window) -> (OnComplete, Option<i64>),
+) -> anyhow::Result<WalkStats> {
+    let mut total = WalkStats::default();
+    let mut running = JoinSet::new();
+    let mut finished = total_windows - todo.len();
+    let progress = Progress::new(total_windows, finished);
+    let mut queue = todo.into_iter();
+    let concurrency = syncer.settings().sync.backfill_concurrency;
+    for window in queue.by_ref().take(concurrency) {
+        let (on_complete, reconcile_run) = setup(window);
+        running.spawn(walk_window(syncer.clone(), window, on_complete, reconcile_run));
+    }
+    while let Some(joined) = running.join_next().await {
+        let (window, stats) = match joined {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                if e.downcast_ref::<Interrupted>().is_some() {
+                    // Let the other windows reach the end of their current batch too.
+                    while running.join_next().await.is_some() {}
+                } else {
+                    running.abort_all();
+                }
+                progress.abandon();
+                return Err(e);
+            }
+            Err(e) => {
+                running.abort_all();
+                progress.abandon();
+                return Err(anyhow::anyhow!("a window task failed: {e}"));
+            }
+        };
+        finished += 1;
+        total.absorb(&stats);
+        progress.window_done(finished, total_windows, &window, &stats, total.items);
+        if syncer.shutdown_requested() {
+            continue; // start nothing new; the running windows stop after their batch
+        }
+        if let Some(next) = queue.next() {
+            let (on_complete, reconcile_run) = setup(next);
+            running.spawn(walk_window(syncer.clone(), next, on_complete, reconcile_run));
+        }
+    }
+    if queue.len() > 0 {
+        progress.abandon();
+        return Err(Interrupted.into());
+    }
+    progress.finish();
+    Ok(total)
+}
+
+async fn walk_window(
+    syncer: Syncer,
+    window: Window,
+    on_complete: OnComplete,
+    reconcile_run: Option<i64>,
+) -> anyhow::Result<(Window, WalkStats)> {
+    let plan = WalkPlan {
+        query: ListQuery {
+            first: syncer.settings().api.page_size,
+            created_after: window.created_after,
+            created_before: window.created_before,
+            ..ListQuery::default()
+        },
+        on_complete,
+        reconcile_run,
     };
-    let on_complete = OnComplete::Window { source: syncer.source().to_owned(), created_after, created_before };
     let span =
         tracing::info_span!("window", created_after = window.created_after, created_before = window.created_before);
-    let stats =
-        walk::walk(syncer.api(), syncer.store(), query, on_complete).instrument(span).await.with_context(|| {
-            format!(
-                "backfill window created_after={:?} created_before={:?}",
-                window.created_after, window.created_before
-            )
-        })?;
+    let stats = walk::walk(&syncer, plan).instrument(span).await.map_err(|e| {
+        if e.downcast_ref::<Interrupted>().is_some() {
+            return e;
+        }
+        e.context(format!("window created_after={:?} created_before={:?}", window.created_after, window.created_before))
+    })?;
     Ok((window, stats))
 }
 
-fn merge(total: &mut WalkStats, w: &WalkStats) {
-    total.pages += w.pages;
-    total.items += w.items;
-    total.duplicates += w.duplicates;
-    total.writes.add(&w.writes);
-    total.max_updated_at = total.max_updated_at.max(w.max_updated_at);
-    total.waiting += w.waiting;
-    total.normalizing += w.normalizing;
-    total.writing += w.writing;
+/// Windows done / total, sessions loaded, rate and ETA: a bar on a terminal, one log line per window otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: usize, done: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64).with_position(done as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} windows {pos}/{len} [{bar:30}] {msg} · {elapsed} elapsed, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn window_done(&self, finished: usize, total: usize, window: &Window, stats: &WalkStats, sessions: u64) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(finished as u64);
+                let rate = sessions as f64 / bar.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!("{sessions} sessions, {rate:.0}/s"));
+            }
+            None => tracing::info!(
+                window_created_after = window.created_after,
+                window_created_before = window.created_before,
+                sessions = stats.items,
+                sessions_total = sessions,
+                windows_done = finished,
+                windows_total = total,
+                "window done ({finished}/{total}, {sessions} sessions so far)"
+            ),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+
+    fn abandon(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,16 @@
 //! sleeps; scheduling belongs to the caller.
 
 mod backfill;
+mod enrich;
 pub mod normalize;
+mod reconcile;
 mod walk;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tokio::sync::watch;
 use tracing::Instrument as _;
 
 pub use walk::WalkStats;
@@ -18,7 +21,7 @@ pub use walk::WalkStats;
 use crate::api::{ApiClient, ListQuery};
 use crate::config::Settings;
 use crate::store::{RunRecord, RunStatus, Store, WriteStats};
-use walk::OnComplete;
+use walk::{OnComplete, WalkPlan};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub enum Mode {
     Incremental,
     /// The whole history, window by window, resumable.
     Backfill,
+    /// Recent sessions still waiting for analysis or category, re-fetched by id.
+    Enrichment,
+    /// The whole history re-read; sessions no longer returned are marked deleted.
+    Reconcile,
 }
 
 impl Mode {
@@ -34,9 +41,16 @@ impl Mode {
         match self {
             Mode::Incremental => "incremental",
             Mode::Backfill => "backfill",
+            Mode::Enrichment => "enrichment",
+            Mode::Reconcile => "reconcile",
         }
     }
 }
+
+/// The run stopped early because shutdown was requested; everything committed so far stays.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by shutdown before the walk was complete (the watermark stays; the next run continues)")]
+pub struct Interrupted;
 
 /// What a finished run did.
 #[derive(Debug, Clone)]
@@ -47,11 +61,20 @@ pub struct RunOutcome {
     /// Items read from the API (repeats included).
     pub items: u64,
     pub writes: WriteStats,
+    /// Sessions a reconcile marked deleted.
+    pub deleted: u64,
     pub requests: u64,
     pub retries: u64,
     pub watermark_before: Option<i64>,
     pub watermark_after: Option<i64>,
     pub duration: Duration,
+}
+
+/// What a mode's work returns to `run_once`.
+#[derive(Debug, Default)]
+struct Work {
+    walks: WalkStats,
+    deleted: u64,
 }
 
 /// Everything a run needs.
@@ -60,11 +83,18 @@ pub struct Syncer {
     settings: Settings,
     api: ApiClient,
     store: Store,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl Syncer {
     pub fn new(settings: Settings, api: ApiClient, store: Store) -> Syncer {
-        Syncer { settings, api, store }
+        Syncer { settings, api, store, shutdown: None }
+    }
+
+    /// Runs stop between batches once `shutdown` turns true.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Syncer {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -79,13 +109,24 @@ impl Syncer {
         &self.settings
     }
 
-    fn source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.settings.sync.source
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
     /// Runs once in `mode`, records the run in `sync_runs` and logs a one-line summary.
     pub async fn run_once(&self, mode: Mode) -> anyhow::Result<RunOutcome> {
         self.run_once_since(mode, None).await
+    }
+
+    /// An incremental run followed by an enrichment run: what `sync` and every scheduled tick do.
+    pub async fn sync(&self, since: Option<i64>) -> anyhow::Result<(RunOutcome, RunOutcome)> {
+        let incremental = self.run_once_since(Mode::Incremental, since).await?;
+        let enrichment = self.run_once(Mode::Enrichment).await?;
+        Ok((incremental, enrichment))
     }
 
     /// As [`Syncer::run_once`]; an incremental run also re-reads everything updated after `since`.
@@ -97,8 +138,10 @@ impl Syncer {
         let stats_before = self.api_counts();
         let result = async {
             match mode {
-                Mode::Incremental => self.incremental(watermark_before, since).await,
-                Mode::Backfill => backfill::run(self).await,
+                Mode::Incremental => self.incremental(watermark_before, since).await.map(Work::from),
+                Mode::Backfill => backfill::run(self).await.map(Work::from),
+                Mode::Enrichment => enrich::run(self, watermark_before).await.map(Work::from),
+                Mode::Reconcile => reconcile::run(self, run_id).await,
             }
         }
         .instrument(span)
@@ -109,11 +152,17 @@ impl Syncer {
             retries: retries - stats_before.1,
             ..RunRecord::default()
         };
+        let elapsed = started.elapsed();
+        metrics::histogram!("devin_etl_run_duration_seconds", "mode" => mode.as_str()).record(elapsed.as_secs_f64());
         match result {
-            Ok(stats) => {
+            Ok(work) => {
+                let stats = work.walks;
                 let watermark_after = self.store.watermark(self.source()).await?;
                 record.pages = stats.pages;
                 record.writes = stats.writes.clone();
+                if work.deleted > 0 {
+                    record.writes.rows.insert("sessions_deleted", work.deleted);
+                }
                 record.watermark_after = watermark_after;
                 self.store.finish_run(run_id, RunStatus::Succeeded, &record).await?;
                 tracing::debug!(
@@ -128,23 +177,33 @@ impl Syncer {
                     pages: stats.pages,
                     items: stats.items,
                     writes: stats.writes,
+                    deleted: work.deleted,
                     requests: record.requests,
                     retries: record.retries,
                     watermark_before,
                     watermark_after,
-                    duration: started.elapsed(),
+                    duration: elapsed,
                 };
+                record_metrics(self.source(), &outcome, "succeeded");
                 log_summary(&outcome);
                 Ok(outcome)
             }
             Err(error) => {
+                let interrupted = error.downcast_ref::<Interrupted>().is_some();
+                let status = if interrupted { RunStatus::Aborted } else { RunStatus::Failed };
                 record.error = Some(format!("{error:#}"));
                 record.watermark_after = watermark_before;
-                if let Err(e) = self.store.finish_run(run_id, RunStatus::Failed, &record).await {
-                    tracing::warn!(error = %e, "could not record the failed run");
+                if let Err(e) = self.store.finish_run(run_id, status, &record).await {
+                    tracing::warn!(error = %e, "could not record the end of the run");
                 }
-                tracing::error!(run_id, mode = mode.as_str(), error = %format!("{error:#}"), "sync run failed; the watermark stays");
-                Err(error.context(format!("{} run {run_id} failed", mode.as_str())))
+                let status = if interrupted { "aborted" } else { "failed" };
+                metrics::counter!("devin_etl_runs_total", "mode" => mode.as_str(), "status" => status).increment(1);
+                if interrupted {
+                    tracing::warn!(run_id, mode = mode.as_str(), "sync run stopped by shutdown; the watermark stays");
+                } else {
+                    tracing::error!(run_id, mode = mode.as_str(), error = %format!("{error:#}"), "sync run failed; the watermark stays");
+                }
+                Err(error.context(format!("{} run {run_id} {status}", mode.as_str())))
             }
         }
     }
@@ -168,12 +227,37 @@ impl Syncer {
                 "no watermark yet: this run reads the whole history (for a large one, `sync --backfill` is faster)"
             );
         }
-        let query = ListQuery { first: self.settings.api.page_size, updated_after, ..ListQuery::default() };
-        let on_complete = OnComplete::Watermark {
-            source: self.source().to_owned(),
-            settle_secs: self.settings.sync.settle.as_secs() as i64,
+        let plan = WalkPlan {
+            query: ListQuery { first: self.settings.api.page_size, updated_after, ..ListQuery::default() },
+            on_complete: OnComplete::Watermark {
+                source: self.source().to_owned(),
+                settle_secs: self.settings.sync.settle.as_secs() as i64,
+            },
+            reconcile_run: None,
         };
-        walk::walk(&self.api, &self.store, query, on_complete).await.context("incremental walk")
+        walk::walk(self, plan).await.context("incremental walk")
+    }
+}
+
+impl From<WalkStats> for Work {
+    fn from(walks: WalkStats) -> Work {
+        Work { walks, deleted: 0 }
+    }
+}
+
+fn record_metrics(source: &str, o: &RunOutcome, status: &'static str) {
+    let mode = o.mode.as_str();
+    metrics::counter!("devin_etl_runs_total", "mode" => mode, "status" => status).increment(1);
+    metrics::counter!("devin_etl_pages_total", "mode" => mode).increment(o.pages);
+    metrics::counter!("devin_etl_sessions_read_total", "mode" => mode).increment(o.items);
+    metrics::counter!("devin_etl_sessions_upserted_total", "mode" => mode).increment(o.writes.sessions_written);
+    for (table, n) in &o.writes.rows {
+        metrics::counter!("devin_etl_rows_written_total", "table" => *table).increment(*n);
+    }
+    let now = chrono::Utc::now().timestamp() as f64;
+    metrics::gauge!("devin_etl_last_success_timestamp_seconds", "source" => source.to_owned(), "mode" => mode).set(now);
+    if let Some(w) = o.watermark_after {
+        metrics::gauge!("devin_etl_watermark_lag_seconds", "source" => source.to_owned()).set(now - w as f64);
     }
 }
 
@@ -185,15 +269,18 @@ fn log_summary(o: &RunOutcome) {
         pages = o.pages,
         items = o.items,
         sessions_written = o.writes.sessions_written,
+        sessions_deleted = o.deleted,
         rows_written = o.writes.total_rows(),
         requests = o.requests,
         retries = o.retries,
         watermark = o.watermark_after,
         duration_ms = o.duration.as_millis() as u64,
-        "sync run succeeded: {} pages, {} sessions read, {} written; rows {}",
+        "{} run succeeded: {} pages, {} sessions read, {} written{}; rows {}",
+        o.mode.as_str(),
         o.pages,
         o.items,
         o.writes.sessions_written,
+        if o.deleted > 0 { format!(", {} marked deleted", o.deleted) } else { String::new() },
         if rows.is_empty() { "none".to_owned() } else { rows.join(" ") },
     );
 }

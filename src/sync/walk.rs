@@ -2,16 +2,19 @@
 //!
 //! The fetcher runs as its own task and hands pages over a bounded channel, so at most a few pages are in
 //! memory however long the walk. The writer merges pages that are already waiting into one batch (fewer,
-//! larger transactions) and commits the walk's checkpoint only with the walk's last page.
+//! larger transactions) and commits the walk's checkpoint only with the walk's last page. Between batches
+//! it stops early when shutdown is requested: a batch is always committed or rolled back whole.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use super::normalize::{self, DecodedItem};
+use super::{Interrupted, Syncer};
 use crate::api::{ApiClient, ListQuery, Page};
-use crate::store::{Batch, Checkpoint, Store, WriteStats};
+use crate::store::{Batch, Checkpoint, WriteStats};
 
 /// Pages fetched ahead of the writer.
 const PIPELINE_DEPTH: usize = 4;
@@ -27,6 +30,17 @@ pub enum OnComplete {
     Watermark { source: String, settle_secs: i64 },
     /// Record the backfill window as done.
     Window { source: String, created_after: i64, created_before: i64 },
+    /// Nothing (re-fetches by id, reconcile windows).
+    Nothing,
+}
+
+/// How one walk runs.
+#[derive(Debug, Clone)]
+pub struct WalkPlan {
+    pub query: ListQuery,
+    pub on_complete: OnComplete,
+    /// A reconcile run: record every session seen under this run id.
+    pub reconcile_run: Option<i64>,
 }
 
 /// What a walk did.
@@ -35,6 +49,8 @@ pub struct WalkStats {
     pub pages: u64,
     pub items: u64,
     pub duplicates: u64,
+    /// Items outside the requested filter (the server ignored it).
+    pub off_filter: u64,
     pub writes: WriteStats,
     /// Server time (HTTP `Date`) of the first response.
     pub server_time: Option<i64>,
@@ -47,15 +63,26 @@ pub struct WalkStats {
     pub writing: Duration,
 }
 
-/// Walks `query` from its first page to its last, writing as it goes.
-pub async fn walk(
-    api: &ApiClient,
-    store: &Store,
-    query: ListQuery,
-    on_complete: OnComplete,
-) -> anyhow::Result<WalkStats> {
+impl WalkStats {
+    /// Adds another walk's counts (windows of a backfill, batches of an enrichment).
+    pub fn absorb(&mut self, w: &WalkStats) {
+        self.pages += w.pages;
+        self.items += w.items;
+        self.duplicates += w.duplicates;
+        self.off_filter += w.off_filter;
+        self.writes.add(&w.writes);
+        self.server_time = self.server_time.or(w.server_time);
+        self.max_updated_at = self.max_updated_at.max(w.max_updated_at);
+        self.waiting += w.waiting;
+        self.normalizing += w.normalizing;
+        self.writing += w.writing;
+    }
+}
+
+/// Walks `plan.query` from its first page to its last, writing as it goes.
+pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> {
     let (sender, mut receiver) = mpsc::channel(PIPELINE_DEPTH);
-    let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(api.clone(), query, sender)));
+    let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(syncer.api().clone(), plan.query.clone(), sender)));
     let mut stats = WalkStats::default();
     let mut finished = false;
     let mut clock = Instant::now();
@@ -63,11 +90,11 @@ pub async fn walk(
         stats.waiting += lap(&mut clock);
         let mut pending_error = None;
         let mut items = Vec::new();
-        let mut last = take_page(first?, &mut stats, &mut items)?;
+        let mut last = take_page(first?, &plan.query, &mut stats, &mut items)?;
         // Merge pages that are already waiting; a batch commits them together.
         while !last && items.len() < MAX_BATCH_SESSIONS {
             match receiver.try_recv() {
-                Ok(Ok(page)) => last = take_page(page, &mut stats, &mut items)?,
+                Ok(Ok(page)) => last = take_page(page, &plan.query, &mut stats, &mut items)?,
                 Ok(Err(e)) => {
                     pending_error = Some(e);
                     break;
@@ -80,9 +107,14 @@ pub async fn walk(
         for item in &items {
             normalize::stage(&mut batch, item);
         }
-        let checkpoints = if last { completion(&on_complete, &mut stats) } else { Vec::new() };
+        let mut checkpoints = if last { completion(&plan.on_complete, &mut stats) } else { Vec::new() };
+        if let Some(run_id) = plan.reconcile_run {
+            let session_ids = items.iter().map(|i| i.session.session_id.clone()).collect();
+            checkpoints.push(Checkpoint::Seen { run_id, session_ids });
+        }
         stats.normalizing += lap(&mut clock);
-        let written = store
+        let written = syncer
+            .store()
             .write_batch(&batch, &checkpoints)
             .await
             .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
@@ -94,6 +126,9 @@ pub async fn walk(
         if last {
             finished = true;
             break;
+        }
+        if syncer.shutdown_requested() {
+            return Err(Interrupted.into());
         }
     }
     drop(fetcher);
@@ -112,7 +147,12 @@ fn lap(clock: &mut Instant) -> Duration {
 }
 
 /// Decodes a page into `items`; returns whether it was the walk's last.
-fn take_page(page: Page, stats: &mut WalkStats, items: &mut Vec<DecodedItem>) -> anyhow::Result<bool> {
+fn take_page(
+    page: Page,
+    query: &ListQuery,
+    stats: &mut WalkStats,
+    items: &mut Vec<DecodedItem>,
+) -> anyhow::Result<bool> {
     stats.pages += 1;
     if stats.pages == 1 {
         stats.server_time = page.server_time;
@@ -120,11 +160,41 @@ fn take_page(page: Page, stats: &mut WalkStats, items: &mut Vec<DecodedItem>) ->
     let last = !page.has_next_page;
     let decoded = normalize::decode_page(page.items, &page.request)?;
     stats.items += decoded.len() as u64;
-    for item in &decoded {
+    let mut off_filter = 0;
+    for item in decoded {
         stats.max_updated_at = stats.max_updated_at.max(Some(item.session.updated_at));
+        if !matches_filter(query, &item) {
+            off_filter += 1;
+            // An item we did not ask for by id is dropped: enrichment must not turn into a full walk per batch.
+            if !query.session_ids.is_empty() {
+                continue;
+            }
+        }
+        items.push(item);
     }
-    items.extend(decoded);
+    if off_filter > 0 {
+        if stats.off_filter == 0 {
+            tracing::warn!(
+                request = %page.request,
+                off_filter,
+                "the API returned items outside the requested filter (it seems to ignore it); they are checked and loaded \
+                 like any other (by id: dropped), but the walk reads more than it should"
+            );
+        }
+        stats.off_filter += off_filter;
+    }
     Ok(last)
+}
+
+/// Whether an item satisfies the query's filters, reading the bounds leniently (`>=`/`<=`): the API does not
+/// document whether they are inclusive.
+fn matches_filter(query: &ListQuery, item: &DecodedItem) -> bool {
+    let s = &item.session;
+    query.updated_after.is_none_or(|t| s.updated_at >= t)
+        && query.updated_before.is_none_or(|t| s.updated_at <= t)
+        && query.created_after.is_none_or(|t| s.created_at >= t)
+        && query.created_before.is_none_or(|t| s.created_at <= t)
+        && (query.session_ids.is_empty() || query.session_ids.contains(&s.session_id))
 }
 
 fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint> {
@@ -153,12 +223,15 @@ fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint
             created_before: *created_before,
             sessions: stats.items as i64,
         }],
+        OnComplete::Nothing => Vec::new(),
     }
 }
 
 /// Fetches pages in order until the last, sending each (or the error that stopped the walk).
 async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<anyhow::Result<Page>>) {
     let mut empty_in_a_row = 0;
+    let mut cursors_seen = HashSet::new();
+    let mut warned_empty = false;
     loop {
         let page = match api.list_page(&query).await {
             Ok(page) => page,
@@ -170,8 +243,16 @@ async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<
         let more = page.has_next_page;
         let next = page.end_cursor.clone();
         empty_in_a_row = if page.items.is_empty() { empty_in_a_row + 1 } else { 0 };
-        let broken = if more && next.is_some() && next == query.after {
-            Some(format!("GET {} returned the cursor it was given, so the walk would never end", page.request))
+        if more && page.items.is_empty() && !warned_empty {
+            warned_empty = true;
+            tracing::warn!(request = %page.request, "the API returned an empty page that claims more follow");
+        }
+        // A cursor seen before means the walk would go round in circles (the simplest case: the same cursor back).
+        let broken = if more && next.as_ref().is_some_and(|c| !cursors_seen.insert(c.clone())) {
+            Some(format!(
+                "GET {} returned a cursor this walk has already followed, so it would never end",
+                page.request
+            ))
         } else if more && empty_in_a_row >= MAX_EMPTY_PAGES {
             Some(format!("GET {}: {MAX_EMPTY_PAGES} empty pages in a row that claim more follow", page.request))
         } else {
@@ -181,6 +262,7 @@ async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<
             return; // the writer stopped; it reports why
         }
         if let Some(problem) = broken {
+            tracing::warn!("{problem}");
             let _ = sender.send(Err(anyhow::anyhow!("{problem}; stopping the walk (the watermark stays)"))).await;
             return;
         }

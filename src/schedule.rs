@@ -1,0 +1,164 @@
+//! The daemon loop of `devin-etl run`: waits for the next tick of `sync.schedule` (incremental + enrichment)
+//! or `sync.reconcile_schedule` (reconcile), runs it under the source's advisory lock so any number of replicas
+//! sync each source once, and stops cleanly on shutdown. One run at a time per process: ticks that fall during
+//! a run are skipped and logged.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::sync::{Mode, Syncer};
+
+/// What a tick does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Backfill,
+    Sync,
+    Reconcile,
+}
+
+/// Runs until `shutdown` turns true. With `backfill`, a backfill runs first unless one has completed already
+/// (here or on another replica).
+pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let source = syncer.source().to_owned();
+    let backfill_done = syncer.store().backfill_state(&source).await?.is_some_and(|s| s.completed);
+    let mut backfill_pending = backfill && !backfill_done;
+    if !backfill && !backfill_done && syncer.store().watermark(&source).await?.is_none() {
+        tracing::warn!(
+            "the warehouse is empty: the first scheduled run will read the whole history in one walk. For a large \
+             history, start the daemon with `devin-etl run --backfill` (or run `devin-etl sync --backfill` once): \
+             it loads in parallel windows and resumes after a crash"
+        );
+    }
+    let settings = &syncer.settings().sync;
+    let grace = settings.shutdown_grace;
+    if backfill_pending {
+        run_job(&syncer, Job::Backfill, &mut backfill_pending, &shutdown, grace).await;
+    }
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some((at, job)) = next_tick(settings, Utc::now()) else {
+            anyhow::bail!("sync.schedule and sync.reconcile_schedule have no future ticks");
+        };
+        let job = if backfill_pending { Job::Backfill } else { job };
+        tracing::debug!(next = %at, job = ?job, "waiting for the next tick");
+        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => continue,
+        }
+        let started = Utc::now();
+        run_job(&syncer, job, &mut backfill_pending, &shutdown, grace).await;
+        let skipped = settings.schedule.after(&started).take_while(|t| *t <= Utc::now()).count();
+        if skipped > 0 {
+            tracing::info!(skipped, "ticks fell during the run and were skipped (runs never overlap)");
+        }
+    }
+    tracing::info!("shutdown: no more runs are scheduled");
+    Ok(())
+}
+
+/// The earliest upcoming tick of either schedule; reconcile wins a tie (it covers everything a sync does).
+fn next_tick(settings: &crate::config::SyncSettings, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
+    let sync = settings.schedule.after(&now).next().map(|t| (t, Job::Sync));
+    let reconcile = settings.reconcile_schedule.after(&now).next().map(|t| (t, Job::Reconcile));
+    match (sync, reconcile) {
+        (Some(s), Some(r)) => Some(if r.0 <= s.0 { r } else { s }),
+        (s, r) => s.or(r),
+    }
+}
+
+/// Runs one job under the source's advisory lock, giving it `grace` to stop after shutdown is requested.
+async fn run_job(
+    syncer: &Syncer,
+    job: Job,
+    backfill_pending: &mut bool,
+    shutdown: &watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let lock = match syncer.store().try_lock_source(syncer.source()).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot take the single-flight lock; skipping this tick");
+            return;
+        }
+    };
+    let work = async {
+        match job {
+            Job::Backfill => {
+                // Another replica may have finished it while we waited for the lock.
+                if syncer.store().backfill_state(syncer.source()).await?.is_some_and(|s| s.completed) {
+                    return Ok(());
+                }
+                syncer.run_once(Mode::Backfill).await.map(drop)
+            }
+            Job::Sync => syncer.sync(None).await.map(drop),
+            Job::Reconcile => syncer.run_once(Mode::Reconcile).await.map(drop),
+        }
+    };
+    let mut stop = shutdown.clone();
+    let grace_over = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = work => match result {
+            Ok(()) if job == Job::Backfill => *backfill_pending = false,
+            Ok(()) => {}
+            // run_once has logged and recorded the failure; the next tick retries.
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "run ended with an error"),
+        },
+        () = grace_over => {
+            tracing::warn!(grace_secs = grace.as_secs(), "the run did not stop within the shutdown grace period; abandoning it (its open transaction rolls back)");
+        }
+    }
+    lock.release().await;
+}
+
+/// Resolves when SIGTERM or SIGINT arrives, then sets `stop` to true.
+pub async fn forward_signals(stop: watch::Sender<bool>) {
+    let terminate = async {
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: finishing the current batch, then exiting"),
+        () = terminate => tracing::info!("SIGTERM received: finishing the current batch, then exiting"),
+    }
+    let _ = stop.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_tick_takes_the_earliest_schedule() {
+        let mut settings = crate::config::Settings::load_with_env(None, |_| None).unwrap().sync;
+        settings.schedule = crate::config::parse_schedule("k", "*/15 * * * *").unwrap();
+        settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
+        let now: DateTime<Utc> = "2026-11-29T03:20:00Z".parse().unwrap();
+        assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:30:00Z".parse().unwrap(), Job::Sync)));
+        let now: DateTime<Utc> = "2026-11-29T03:29:00Z".parse().unwrap();
+        settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
+        settings.schedule = crate::config::parse_schedule("k", "*/30 * * * *").unwrap();
+        assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:30:00Z".parse().unwrap(), Job::Reconcile)));
+    }
+}

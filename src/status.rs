@@ -1,0 +1,114 @@
+//! `devin-etl status`: the source's watermark and lag, backfill state, recent runs and row counts — for people
+//! (a table) or scripts (`--json`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::store::{RunRow, Store};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub source: String,
+    pub schema: String,
+    /// Watermark as Unix seconds of the API server's clock.
+    pub watermark: Option<i64>,
+    pub watermark_time: Option<DateTime<Utc>>,
+    /// Seconds between the watermark and now (local clock).
+    pub lag_seconds: Option<i64>,
+    pub backfill: &'static str,
+    pub runs: Vec<RunRow>,
+    pub tables: Vec<TableCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableCount {
+    pub table: &'static str,
+    pub rows: i64,
+}
+
+pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
+    let watermark = store.watermark(source).await?;
+    let backfill = match store.backfill_state(source).await? {
+        None => "never run",
+        Some(s) if s.completed => "completed",
+        Some(_) => "in progress (resumes on the next `sync --backfill` or `run --backfill`)",
+    };
+    Ok(Status {
+        source: source.to_owned(),
+        schema: store.schema().to_owned(),
+        watermark,
+        watermark_time: watermark.and_then(|w| DateTime::from_timestamp(w, 0)),
+        lag_seconds: watermark.map(|w| Utc::now().timestamp() - w),
+        backfill,
+        runs: store.recent_runs(source, 10).await?,
+        tables: store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect(),
+    })
+}
+
+/// A human-readable report.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let watermark = match (s.watermark_time, s.lag_seconds) {
+        (Some(t), Some(lag)) => format!("{} ({} ago)", t.to_rfc3339(), human_duration(lag)),
+        _ => "none yet (no walk has completed)".to_owned(),
+    };
+    out.push_str(&format!(
+        "source:    {} (schema {})\nwatermark: {watermark}\nbackfill:  {}\n\n",
+        s.source, s.schema, s.backfill
+    ));
+    out.push_str(&format!(
+        "{:>6}  {:<11} {:<9} {:<20} {:>9} {:>6} {:>9} {:>8} {:>7}\n",
+        "run", "mode", "status", "started (UTC)", "duration", "pages", "sessions", "requests", "retries"
+    ));
+    for r in &s.runs {
+        let duration = r
+            .finished_at
+            .map_or("—".to_owned(), |f| format!("{:.1}s", (f - r.started_at).num_milliseconds() as f64 / 1000.0));
+        out.push_str(&format!(
+            "{:>6}  {:<11} {:<9} {:<20} {:>9} {:>6} {:>9} {:>8} {:>7}\n",
+            r.run_id,
+            r.mode,
+            r.status,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            duration,
+            r.pages,
+            r.sessions_upserted,
+            r.requests,
+            r.retries
+        ));
+        if let Some(e) = &r.error {
+            let short: String = e.chars().take(160).collect();
+            out.push_str(&format!("        error: {short}\n"));
+        }
+    }
+    if s.runs.is_empty() {
+        out.push_str("        (no runs yet)\n");
+    }
+    out.push_str(&format!("\n{:<26} {:>10}\n", "table", "rows"));
+    for t in &s.tables {
+        out.push_str(&format!("{:<26} {:>10}\n", t.table, t.rows));
+    }
+    out
+}
+
+fn human_duration(secs: i64) -> String {
+    let (sign, secs) = if secs < 0 { ("-", -secs) } else { ("", secs) };
+    match secs {
+        s if s < 120 => format!("{sign}{s}s"),
+        s if s < 7200 => format!("{sign}{}m", s / 60),
+        s if s < 172_800 => format!("{sign}{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{sign}{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(super::human_duration(59), "59s");
+        assert_eq!(super::human_duration(600), "10m");
+        assert_eq!(super::human_duration(3 * 3600 + 120), "3h 2m");
+        assert_eq!(super::human_duration(3 * 86_400), "3d 0h");
+        assert_eq!(super::human_duration(-30), "-30s");
+    }
+}
