@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, DATE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, DATE, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
@@ -108,6 +108,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     endpoint: Url,
     token: SecretString,
+    /// `Bearer <token>`, marked sensitive so HTTP-level debug logging never prints it.
+    authorization: HeaderValue,
     retry: RetryPolicy,
     pacer: Option<Arc<Pacer>>,
     stats: Arc<ApiStats>,
@@ -123,6 +125,10 @@ impl ApiClient {
     /// Builds a client from settings; fails when no token is configured.
     pub fn new(settings: &ApiSettings) -> anyhow::Result<ApiClient> {
         let token = settings.token()?.clone();
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            anyhow::anyhow!("api.token: the token contains characters an HTTP header cannot carry; check DEVIN_API_TOKEN")
+        })?;
+        authorization.set_sensitive(true);
         let http = reqwest::Client::builder()
             .user_agent(concat!("devin-etl/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.timeout)
@@ -135,6 +141,7 @@ impl ApiClient {
             http,
             endpoint: join_path(&settings.base_url, INSIGHTS_PATH),
             token,
+            authorization,
             retry: RetryPolicy {
                 max_retries: settings.max_retries,
                 initial: settings.retry_initial_backoff,
@@ -217,7 +224,7 @@ impl ApiClient {
         let response = self
             .http
             .get(url.clone())
-            .header(AUTHORIZATION, format!("Bearer {}", self.token.expose_secret()))
+            .header(AUTHORIZATION, self.authorization.clone())
             .send()
             .await
             .map_err(transport)?;
@@ -381,7 +388,6 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn retry_after_reads_seconds_and_dates_against_server_time() {
