@@ -306,3 +306,105 @@ fn assert_tables_equal(table: &str, actual: &BTreeMap<String, Value>, expected: 
         }
     }
 }
+
+/// Asserts that every session present in the warehouse is complete and exact: no partially written page.
+/// (Sessions not yet loaded may be missing.)
+pub async fn assert_present_sessions_complete(store: &Store, truth: &[SessionInsights]) {
+    let present: std::collections::BTreeSet<String> = sqlx::query_scalar("select session_id from sessions")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let subset: Vec<SessionInsights> = truth.iter().filter(|s| present.contains(&s.session_id)).cloned().collect();
+    assert_eq!(subset.len(), present.len(), "the warehouse holds sessions the API never had");
+    assert_warehouse_matches(store, &subset).await;
+}
+
+/// Environment for running the `devin-etl` binary against this test's database and simulator.
+pub fn child_env(app: &TestApp) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", app.db.url.clone()),
+        ("DEVIN_API_TOKEN", app.sim.token().to_owned()),
+        ("DEVIN_ETL__API__BASE_URL", app.server.base_url()),
+        ("DEVIN_ETL__API__PAGE_SIZE", "20".to_owned()),
+        ("DEVIN_ETL__SYNC__BACKFILL_CONCURRENCY", "2".to_owned()),
+        ("DEVIN_ETL__SYNC__BACKFILL_WINDOW", "90d".to_owned()),
+        ("DEVIN_ETL__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("DEVIN_ETL__LOG__FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers for the resilience tests (appended; the functions above are unchanged).
+
+/// The session a warehouse row key belongs to (`session_id`, or `session_id|…` for child tables).
+fn session_of_key(key: &str) -> &str {
+    key.split('|').next().unwrap_or(key)
+}
+
+/// As [`assert_warehouse_matches`], restricted to the sessions `keep` selects, in the warehouse and in the truth.
+pub async fn assert_warehouse_matches_where(store: &Store, truth: &[SessionInsights], keep: impl Fn(&str) -> bool) {
+    let kept: Vec<SessionInsights> = truth.iter().filter(|s| keep(&s.session_id)).cloned().collect();
+    let expected = expected_rows(&kept);
+    let empty = BTreeMap::new();
+    let mut tables: Vec<(&str, &str)> = vec![("sessions", "session_id")];
+    tables.extend_from_slice(CHILD_KEYS);
+    for (table, key) in tables {
+        let mut actual = actual_rows(store, table, key).await;
+        actual.retain(|k, _| keep(session_of_key(k)));
+        assert_tables_equal(table, &actual, expected.get(table).unwrap_or(&empty));
+    }
+    let raws: Vec<(String, Value)> =
+        sqlx::query_as("select session_id, raw from sessions").fetch_all(store.pool()).await.unwrap();
+    let by_id: BTreeMap<&str, &SessionInsights> = kept.iter().map(|s| (s.session_id.as_str(), s)).collect();
+    for (id, raw) in raws.into_iter().filter(|(id, _)| keep(id)) {
+        let decoded: SessionInsights = serde_json::from_value(raw).unwrap();
+        assert_eq!(Some(&&decoded), by_id.get(id.as_str()), "raw of {id} does not decode to the truth");
+    }
+}
+
+/// Ids of the sessions in the warehouse.
+pub async fn stored_ids(store: &Store) -> std::collections::BTreeSet<String> {
+    let ids: Vec<String> = sqlx::query_scalar("select session_id from sessions").fetch_all(store.pool()).await.unwrap();
+    ids.into_iter().collect()
+}
+
+/// After a run that stopped part way: every session in the warehouse is in the truth and matches it field by
+/// field with exactly its child rows (nothing half-stored). Returns the ids present.
+pub async fn assert_present_sessions_match_truth(
+    store: &Store,
+    truth: &[SessionInsights],
+) -> std::collections::BTreeSet<String> {
+    let present = stored_ids(store).await;
+    let known: std::collections::BTreeSet<&str> = truth.iter().map(|s| s.session_id.as_str()).collect();
+    let unknown: Vec<&String> = present.iter().filter(|id| !known.contains(id.as_str())).collect();
+    assert!(unknown.is_empty(), "sessions stored that the API never had: {unknown:?}");
+    assert_warehouse_matches_where(store, truth, |id| present.contains(id)).await;
+    present
+}
+
+/// Ids of the truth in the API's order (newest `created_at` first, then `session_id` descending).
+pub fn api_order(truth: &[SessionInsights]) -> Vec<String> {
+    let mut keys: Vec<(i64, &str)> = truth.iter().map(|s| (s.created_at, s.session_id.as_str())).collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    keys.into_iter().map(|(_, id)| id.to_owned()).collect()
+}
+
+/// Polls `condition` every 5 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The latest `sync_runs` row: (mode, status, retries, requests, error).
+pub async fn last_run(store: &Store) -> (String, String, i64, i64, Option<String>) {
+    sqlx::query_as("select mode, status, retries, requests, error from sync_runs order by run_id desc limit 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
