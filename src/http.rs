@@ -1,11 +1,33 @@
-//! The small HTTP surface of `devin-etl run`: `/healthz`, `/readyz`, `/metrics`.
-//! (Being implemented; see issue 3.)
+//! The small HTTP surface of `devin-etl run` (`server.listen`, default `0.0.0.0:9187`):
+//!
+//! - `/healthz`: 200 `ok` while the process serves; never touches the database (a liveness probe must not
+//!   restart the pod because PostgreSQL is down).
+//! - `/readyz`: 200 when the database answers (within 2 s), every embedded migration is applied, and the
+//!   source's last successful run finished at most `server.max_staleness` ago; otherwise 503 with the reason
+//!   as plain text (`not ready: …`). Readiness is per source, not per replica: a replica that lost the
+//!   single-flight lock to another one is just as ready.
+//! - `/metrics`: the Prometheus text of the process-wide recorder, with `devin_etl_watermark_lag_seconds`
+//!   refreshed from `sync_state` on each scrape.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::store::Store;
+
+/// How long `/readyz` and `/metrics` wait for the database before calling it unreachable. Well under the
+/// usual probe timeout, so a probe gets an answer with a reason rather than a timeout.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the endpoints need.
 #[derive(Clone)]
@@ -16,16 +38,160 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
 }
 
-/// The routes, for `serve` and for tests.
-pub fn router(_state: HttpState) -> axum::Router {
-    axum::Router::new()
+/// The router's own state: the caller's, plus what the handlers remember between requests.
+struct Shared {
+    state: HttpState,
+    /// The last readiness answer, to log changes once instead of every probe.
+    last_readiness: Mutex<Option<Result<(), String>>>,
+    /// The last watermark read (`i64::MIN`: none yet), so the lag keeps growing while the database is away.
+    last_watermark: AtomicI64,
 }
 
-/// Serves until `shutdown` completes.
+/// The routes, for `serve` and for tests.
+pub fn router(state: HttpState) -> axum::Router {
+    let shared = Arc::new(Shared { state, last_readiness: Mutex::new(None), last_watermark: AtomicI64::new(i64::MIN) });
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// Serves until `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let result = readiness(&shared.state).await;
+    log_change(&shared, &result);
+    match result {
+        Ok(detail) => (StatusCode::OK, format!("ready: {detail}\n")),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// `Ok(detail)` when ready, else `Err(reason)`.
+async fn readiness(state: &HttpState) -> Result<String, String> {
+    let store = &state.store;
+    within_timeout(store.ping()).await.map_err(|e| format!("database unreachable: {e}"))?;
+    let migrations = within_timeout(store.migration_status()).await.map_err(|e| format!("database error: {e}"))?;
+    if !migrations.is_current() {
+        return Err(format!("migrations not current ({migrations}); run `devin-etl migrate`"));
+    }
+    let last = within_timeout(store.last_success(&state.source)).await.map_err(|e| format!("database error: {e}"))?;
+    let Some(last) = last else {
+        return Err(format!("no successful sync yet (source {})", state.source));
+    };
+    let ago = human_duration(last.age);
+    let max = human_duration(state.max_staleness);
+    if last.age > state.max_staleness {
+        return Err(format!("last successful sync {ago} ago (max {max})"));
+    }
+    Ok(format!("last successful sync {ago} ago (max {max})"))
+}
+
+/// Runs a database call under [`DATABASE_TIMEOUT`]; the error text carries the whole cause chain.
+async fn within_timeout<T>(call: impl Future<Output = anyhow::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(DATABASE_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {}", human_duration(DATABASE_TIMEOUT))),
+    }
+}
+
+fn log_change(shared: &Shared, result: &Result<String, String>) {
+    let now = result.as_ref().map(|_| ()).map_err(Clone::clone);
+    let mut last = shared.last_readiness.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.as_ref() == Some(&now) {
+        return;
+    }
+    // Reasons that only differ in a number (the age) would log on every probe; compare the kind of reason.
+    let same_kind = match (last.as_ref(), &now) {
+        (Some(Err(a)), Err(b)) => reason_kind(a) == reason_kind(b),
+        _ => false,
+    };
+    match &now {
+        Ok(()) => tracing::info!("ready"),
+        Err(reason) if !same_kind => tracing::warn!(%reason, "not ready"),
+        Err(_) => {}
+    }
+    *last = Some(now);
+}
+
+/// The reason up to its first digit: "last successful sync 2h ago" and "… 3h ago" are the same kind.
+fn reason_kind(reason: &str) -> &str {
+    reason.split(|c: char| c.is_ascii_digit()).next().unwrap_or(reason)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let state = &shared.state;
+    match within_timeout(state.store.watermark(&state.source)).await {
+        Ok(Some(watermark)) => shared.last_watermark.store(watermark, Ordering::Relaxed),
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the watermark for devin_etl_watermark_lag_seconds"),
+    }
+    let watermark = shared.last_watermark.load(Ordering::Relaxed);
+    if watermark != i64::MIN {
+        let lag = chrono::Utc::now().timestamp().saturating_sub(watermark);
+        metrics::gauge!("devin_etl_watermark_lag_seconds", "source" => state.source.clone()).set(lag as f64);
+    }
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render())
+}
+
+/// `2h`, `1h 5m`, `45s`, `1.5s`, `250ms`: the two largest units, for messages.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    if secs < 10 && d.subsec_millis() != 0 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (size, unit) in units {
+        if rest >= size {
+            parts.push(format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(human_duration(Duration::from_secs(3900)), "1h 5m");
+        assert_eq!(human_duration(Duration::from_secs(3605)), "1h 5s");
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_secs(90_061)), "1d 1h");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn reason_kinds_ignore_numbers() {
+        assert_eq!(reason_kind("last successful sync 2h ago (max 1h)"), reason_kind("last successful sync 3h ago"));
+        assert_ne!(reason_kind("no successful sync yet"), reason_kind("database unreachable: x"));
+    }
 }

@@ -1,7 +1,12 @@
 //! Logging: JSON for machines, human-readable on a terminal, filtered like `RUST_LOG`.
+//! Metrics: the process-wide Prometheus recorder whose text `/metrics` serves.
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
 
+use anyhow::Context as _;
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -23,4 +28,74 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.try_init()
     };
+}
+
+/// Buckets of `devin_etl_run_duration_seconds`: a quiet incremental run takes about a second, a backfill hours.
+const RUN_DURATION_BUCKETS: &[f64] =
+    &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0];
+
+/// Installs the global `metrics` recorder (Prometheus) once per process and returns a handle whose `render()`
+/// `/metrics` serves. Later calls return the same handle, which tests rely on. Fails only when some other
+/// recorder was installed first.
+///
+/// Histograms are folded into their buckets on every `render()`; nothing else needs periodic upkeep here
+/// (one duration sample per run).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    // A panic while holding the lock cannot leave the Option half-written, so a poisoned lock is still sound.
+    let mut guard = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = guard.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("devin_etl_run_duration_seconds".to_owned()), RUN_DURATION_BUCKETS)
+        .context("configuring the histogram buckets of devin_etl_run_duration_seconds")?
+        .install_recorder()
+        .context("installing the Prometheus metrics recorder")?;
+    describe_metrics();
+    *guard = Some(handle.clone());
+    Ok(handle)
+}
+
+/// HELP lines of every metric the service exports, and zero values for the series that exist from the start,
+/// so dashboards and `rate()` see them before the first run.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("devin_etl_runs_total", Unit::Count, "Finished sync runs, by mode and final status.");
+    describe_counter!("devin_etl_pages_total", Unit::Count, "API pages fetched and loaded, by run mode.");
+    describe_counter!(
+        "devin_etl_sessions_read_total",
+        Unit::Count,
+        "Sessions read from the API (repeats included), by run mode."
+    );
+    describe_counter!(
+        "devin_etl_sessions_upserted_total",
+        Unit::Count,
+        "Sessions inserted or updated in the warehouse (unchanged re-reads excluded), by run mode."
+    );
+    describe_counter!("devin_etl_rows_written_total", Unit::Count, "Rows written to the warehouse, by table.");
+    describe_counter!(
+        "devin_etl_api_requests_total",
+        Unit::Count,
+        "Requests to the Devin API, by HTTP status code (\"error\" when no response arrived)."
+    );
+    describe_counter!("devin_etl_api_retries_total", Unit::Count, "Retried requests to the Devin API.");
+    describe_histogram!("devin_etl_run_duration_seconds", Unit::Seconds, "Wall-clock duration of sync runs, by mode.");
+    describe_gauge!(
+        "devin_etl_watermark_lag_seconds",
+        Unit::Seconds,
+        "Now minus the source's watermark (API server time up to which every change is in the warehouse); \
+         set on each scrape."
+    );
+    describe_gauge!(
+        "devin_etl_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time at which the last successful run of a source and mode finished (in this process)."
+    );
+    for mode in ["incremental", "backfill"] {
+        for status in ["succeeded", "failed", "aborted"] {
+            metrics::counter!("devin_etl_runs_total", "mode" => mode, "status" => status).increment(0);
+        }
+    }
+    metrics::counter!("devin_etl_api_retries_total").increment(0);
 }

@@ -5,6 +5,7 @@
 
 mod columns;
 mod grants;
+pub mod health;
 mod load;
 mod lock;
 mod rows;
