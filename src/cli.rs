@@ -154,9 +154,10 @@ async fn run_service(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
-    tracing::info!(%listen, "serving /healthz, /readyz and /metrics");
+    // A pool of its own, so a busy backfill cannot make /readyz time out waiting for a connection.
+    let http_store = Store::connect(&syncer.settings().database, 2).await?;
     let state = crate::http::HttpState {
-        store: syncer.store().clone(),
+        store: http_store,
         source: syncer.source().to_owned(),
         max_staleness,
         metrics,

@@ -184,6 +184,7 @@ impl ApiClient {
                 });
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("devin_etl_api_retries_total").increment(1);
             tracing::warn!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying request");
             tokio::time::sleep(wait).await;
         }
@@ -227,10 +228,13 @@ impl ApiClient {
             .header(AUTHORIZATION, self.authorization.clone())
             .send()
             .await
+            .inspect_err(|_| metrics::counter!("devin_etl_api_requests_total", "status" => "error").increment(1))
             .map_err(transport)?;
         let status = response.status();
+        metrics::counter!("devin_etl_api_requests_total", "status" => status.as_str().to_owned()).increment(1);
         let headers = response.headers().clone();
         let server_time = server_time(&headers);
+        let announced_len = response.content_length();
         let body = read_body(response).await.map_err(transport)?;
         if status != StatusCode::OK {
             return Err(ApiError::Status {
@@ -242,7 +246,9 @@ impl ApiClient {
         }
         let envelope: PageEnvelope = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
             request: request.to_owned(),
-            truncated: e.is_eof(),
+            // JSON that ends early was cut in transit, unless the body is as long as the server announced: then
+            // the server sent invalid JSON, and asking again would only repeat it.
+            truncated: e.is_eof() && announced_len != Some(body.len() as u64),
             message: format!("{e}; body starts with: {}", self.excerpt(&body)),
         })?;
         if envelope.has_next_page && envelope.end_cursor.as_deref().is_none_or(str::is_empty) {

@@ -121,6 +121,49 @@ impl ColumnBuffer {
         self.rows += 1;
     }
 
+    /// The values of a text column (e.g. `session_id`, always column 0 of every table).
+    pub(super) fn text_column(&self, index: usize) -> &[Option<String>] {
+        match self.columns.get(index) {
+            Some(Column::Text(values)) => values,
+            _ => &[],
+        }
+    }
+
+    /// The rows in PostgreSQL's COPY text format. Columns listed in `timestamps` hold Unix seconds and are
+    /// written as UTC timestamps.
+    pub(super) fn copy_text(&self, timestamps: &[usize]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes());
+        for row in 0..self.rows {
+            for (i, column) in self.columns.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'\t');
+                }
+                match column {
+                    Column::Text(v) => match &v[row] {
+                        Some(text) => escape_copy(&mut out, text),
+                        None => out.extend_from_slice(b"\\N"),
+                    },
+                    Column::Int(v) => match v[row] {
+                        Some(n) if timestamps.contains(&i) => match chrono::DateTime::from_timestamp(n, 0) {
+                            Some(t) => out.extend_from_slice(t.format("%Y-%m-%d %H:%M:%S+00").to_string().as_bytes()),
+                            None => out.extend_from_slice(b"\\N"),
+                        },
+                        Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+                        None => out.extend_from_slice(b"\\N"),
+                    },
+                    // Rust's shortest round-trip form reads back as the same double in PostgreSQL.
+                    Column::Float(v) => match v[row] {
+                        Some(f) => out.extend_from_slice(format!("{f:?}").as_bytes()),
+                        None => out.extend_from_slice(b"\\N"),
+                    },
+                    Column::Bool(v) => out.push(if v[row] { b't' } else { b'f' }),
+                }
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+
     /// Approximate bytes held, to bound a batch's memory.
     pub fn bytes(&self) -> usize {
         self.columns
@@ -132,6 +175,23 @@ impl ColumnBuffer {
                 Column::Bool(v) => v.len(),
             })
             .sum()
+    }
+}
+
+/// COPY text escaping: backslash, tab, newline and carriage return (NUL was replaced when the value was pushed).
+fn escape_copy(out: &mut Vec<u8>, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
     }
 }
 
@@ -147,6 +207,15 @@ mod tests {
         let Column::Text(values) = &b.columns[0] else { panic!() };
         assert_eq!(values[0].as_deref(), Some(r#"{"a,b","{x}","q\"","NULL","back\\slash"}"#));
         assert_eq!(values[1].as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn copy_text_escapes_and_formats_every_type() {
+        let mut b = ColumnBuffer::default();
+        b.text("a\tb\nc\\d\re").opt_text(None).int(1_700_000_000).int(-5).float(0.1).bool(true);
+        b.text_array(["x\\y"]).end_row();
+        let text = String::from_utf8(b.copy_text(&[2])).unwrap();
+        assert_eq!(text, "a\\tb\\nc\\\\d\\re\t\\N\t2023-11-14 22:13:20+00\t-5\t0.1\tt\t{\"x\\\\\\\\y\"}\n");
     }
 
     #[test]

@@ -156,9 +156,24 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `copy {table} (cols) from stdin`: the fast path for sessions that do not exist yet.
+fn copy_statement(table: &str, columns: &[ColumnSpec]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
+    format!("copy {table} ({}) from stdin", names.join(", "))
+}
+
+/// Positions of the columns that travel as Unix seconds and are stored as `timestamptz`.
+fn timestamp_columns(columns: &[ColumnSpec]) -> Vec<usize> {
+    columns.iter().enumerate().filter(|(_, (_, _, e))| e.starts_with("to_timestamp(")).map(|(i, _)| i).collect()
+}
+
+static COPY_SESSIONS: LazyLock<String> = LazyLock::new(|| copy_statement("sessions", SESSION_COLUMNS));
+static SESSION_TIMESTAMPS: LazyLock<Vec<usize>> = LazyLock::new(|| timestamp_columns(SESSION_COLUMNS));
+
 /// Statements for one child table, built once.
 struct ChildStatements {
     table: &'static str,
+    copy: String,
     delete: String,
     /// Rows of the written sessions only (their ids bound last).
     insert_written: String,
@@ -173,6 +188,7 @@ static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
             let insert_all = insert_from_unnest(table, columns);
             ChildStatements {
                 table,
+                copy: copy_statement(table, columns),
                 // `= any($1)` keeps the delete on the primary key index.
                 delete: format!("delete from {table} where session_id = any($1)"),
                 insert_written: format!("{insert_all} where x.session_id = any(${})", columns.len() + 1),
@@ -239,11 +255,12 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all, fields(sessions = batch.sessions()))]
     pub async fn write_batch(&self, batch: &Batch, checkpoints: &[Checkpoint]) -> anyhow::Result<WriteStats> {
         let mut attempt = 0;
+        let mut allow_copy = true;
         loop {
             attempt += 1;
             let result = async {
                 let mut tx = self.pool.begin().await.context("cannot start a transaction")?;
-                let stats = write_in(&mut tx, batch, checkpoints).await?;
+                let stats = write_in(&mut tx, batch, checkpoints, allow_copy).await?;
                 tx.commit().await.context("commit failed")?;
                 anyhow::Ok(stats)
             }
@@ -252,6 +269,11 @@ impl Store {
                 Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_transient_conflict(&e) => {
                     tracing::warn!(error = %e, attempt, "transaction conflict; retrying the batch");
                 }
+                // A concurrent writer inserted one of "our" new sessions first: merge instead.
+                Err(e) if allow_copy && has_sqlstate(&e, "23505") => {
+                    tracing::debug!(error = %e, "a session appeared meanwhile; writing the batch with the upsert path");
+                    allow_copy = false;
+                }
                 other => return other,
             }
         }
@@ -259,12 +281,16 @@ impl Store {
 }
 
 fn is_transient_conflict(e: &anyhow::Error) -> bool {
+    has_sqlstate(e, "40P01") || has_sqlstate(e, "40001")
+}
+
+fn has_sqlstate(e: &anyhow::Error, state: &str) -> bool {
     e.chain().any(|cause| {
         cause
             .downcast_ref::<sqlx::Error>()
             .and_then(|e| e.as_database_error())
             .and_then(|d| d.code())
-            .is_some_and(|code| code == "40P01" || code == "40001")
+            .is_some_and(|code| code == state)
     })
 }
 
@@ -272,9 +298,12 @@ async fn write_in(
     tx: &mut Transaction<'_, Postgres>,
     batch: &Batch,
     checkpoints: &[Checkpoint],
+    allow_copy: bool,
 ) -> anyhow::Result<WriteStats> {
     let mut stats = WriteStats::default();
-    if !batch.sessions.is_empty() {
+    if allow_copy && !batch.sessions.is_empty() && none_exist(tx, batch).await? {
+        copy_new_sessions(tx, batch, &mut stats).await?;
+    } else if !batch.sessions.is_empty() {
         let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), &batch.sessions)
             .try_map(|row: sqlx::postgres::PgRow| {
                 use sqlx::Row as _;
@@ -322,4 +351,40 @@ async fn write_in(
         state::apply_checkpoint(tx, checkpoint).await?;
     }
     Ok(stats)
+}
+
+/// Whether none of the batch's sessions is in the warehouse yet (a backfill into an empty one, new sessions).
+async fn none_exist(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow::Result<bool> {
+    let ids = batch.sessions.text_column(0);
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from sessions where session_id = any($1))")
+        .bind(ids)
+        .fetch_one(&mut **tx)
+        .await
+        .context("checking which sessions of the batch exist")?;
+    Ok(!exists)
+}
+
+/// The fast path for sessions that do not exist yet: COPY straight into the tables, about twice as fast as
+/// `insert … select`. Nothing can conflict — unless a concurrent window inserts one of them first, which
+/// fails the COPY with a unique violation and `write_batch` then redoes the batch with the upsert path.
+async fn copy_new_sessions(tx: &mut Transaction<'_, Postgres>, batch: &Batch, stats: &mut WriteStats) -> anyhow::Result<()> {
+    let n = copy_in(tx, &COPY_SESSIONS, "sessions", batch.sessions.copy_text(&SESSION_TIMESTAMPS)).await?;
+    stats.sessions_written = n;
+    stats.rows.insert("sessions", n);
+    for child in CHILD_STATEMENTS.iter() {
+        let buffer = batch.child_buffer(child.table);
+        let n = if buffer.is_empty() { 0 } else { copy_in(tx, &child.copy, child.table, buffer.copy_text(&[])).await? };
+        stats.rows.insert(child.table, n);
+    }
+    Ok(())
+}
+
+async fn copy_in(tx: &mut Transaction<'_, Postgres>, statement: &str, table: &str, data: Vec<u8>) -> anyhow::Result<u64> {
+    let mut copy = tx.copy_in_raw(statement).await.with_context(|| format!("starting COPY into {table}"))?;
+    if let Err(e) = copy.send(data).await {
+        // An unfinished COPY leaves the connection unusable; abort it (the transaction rolls back anyway).
+        let _ = copy.abort("sending failed").await;
+        return Err(e).with_context(|| format!("sending rows to {table}"));
+    }
+    copy.finish().await.with_context(|| format!("loading rows into {table} (COPY)"))
 }
