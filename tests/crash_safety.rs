@@ -1,0 +1,268 @@
+//! Issue 4, item 2: crash safety with a real child process. `devin-etl sync --backfill` and `devin-etl sync` run
+//! as the built binary against the simulator (served by this test process) and a fresh database, and are killed
+//! with SIGKILL at several points; reruns must end with exact data, no duplicates, a resumed backfill (finished
+//! windows are not read again) and a watermark that only moved with the completed run.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::{TestDb, assert_present_sessions_match_truth, assert_warehouse_matches, test_settings};
+use devin_etl::simulator::{Fault, RunningSimulator, Simulator, SimulatorConfig};
+use devin_etl::store::Store;
+
+const BIN: &str = env!("CARGO_BIN_EXE_devin-etl");
+const PAGE_SIZE: usize = 20;
+const SETTLE: i64 = 30;
+/// Every request is this slow while a run is to be killed, so the kill lands in the middle of it.
+const SLOW: Duration = Duration::from_millis(30);
+
+/// The simulator, served by this process, and a database for the child to sync into.
+struct World {
+    sim: Simulator,
+    server: RunningSimulator,
+    db: TestDb,
+    /// The test's own view of the child's warehouse.
+    store: Store,
+    logs: PathBuf,
+    runs: usize,
+}
+
+impl World {
+    async fn new(sessions: usize) -> World {
+        World::on(Simulator::new(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() })).await
+    }
+
+    /// A world of its own (server, database) around an existing simulator.
+    async fn on(sim: Simulator) -> World {
+        let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let db = TestDb::create().await;
+        let settings = test_settings(&db.url, &server.base_url(), sim.token());
+        let store = Store::connect(&settings.database, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let logs = std::env::temp_dir().join(format!("devin-etl-crash-{}", db.name));
+        std::fs::create_dir_all(&logs).unwrap();
+        World { sim, server, db, store, logs, runs: 0 }
+    }
+
+    /// Starts `devin-etl ARGS` with the test's database and simulator; output goes to a log file per run.
+    fn spawn(&mut self, args: &[&str]) -> (tokio::process::Child, PathBuf) {
+        self.runs += 1;
+        let log = self.logs.join(format!("run-{}.log", self.runs));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = tokio::process::Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("DEVIN_API_TOKEN", self.sim.token())
+            .env("DEVIN_ETL__API__BASE_URL", self.server.base_url())
+            .env("DEVIN_ETL__API__PAGE_SIZE", PAGE_SIZE.to_string())
+            .env("DEVIN_ETL__SYNC__BACKFILL_CONCURRENCY", "2")
+            .env("DEVIN_ETL__LOG__FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the devin-etl binary starts");
+        (child, log)
+    }
+
+    /// Runs `devin-etl ARGS` to completion; panics with its output unless it succeeds. Returns its requests.
+    async fn run(&mut self, args: &[&str]) -> usize {
+        let before = self.sim.requests().len();
+        let (mut child, log) = self.spawn(args);
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "devin-etl {args:?} failed: {status}\n{}", output(&log));
+        self.sim.requests().len() - before
+    }
+
+    /// Runs `devin-etl ARGS` and kills it with SIGKILL once it has made `k` list requests. Panics if the run
+    /// ends by itself first.
+    async fn run_and_kill(&mut self, args: &[&str], k: usize) {
+        self.sim.inject(0, Fault::Slow(SLOW), 1_000_000);
+        let before = self.sim.requests().len();
+        let (mut child, log) = self.spawn(args);
+        let status: ExitStatus = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("devin-etl {args:?} ended ({status}) before its request {k}:\n{}", output(&log));
+            }
+            if self.sim.requests().len() - before >= k {
+                // `kill` sends SIGKILL: no destructor, no signal handler, no goodbye to PostgreSQL.
+                child.kill().await.unwrap();
+                break child.wait().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
+        self.sim.clear_faults();
+        self.wait_for_lock_release().await;
+    }
+
+    /// PostgreSQL notices the dead client and frees its single-flight advisory lock.
+    async fn wait_for_lock_release(&self) {
+        for _ in 0..2_000 {
+            let held: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks where locktype = 'advisory'
+                 and database = (select oid from pg_database where datname = $1)",
+            )
+            .bind(&self.db.name)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap();
+            if held == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the killed process's advisory lock was never released");
+    }
+
+    async fn watermark(&self) -> Option<i64> {
+        self.store.watermark("devin").await.unwrap()
+    }
+
+    async fn done_windows(&self) -> BTreeSet<(i64, i64)> {
+        self.store.completed_windows("devin").await.unwrap().into_iter().collect()
+    }
+
+    /// `(created_after, created_before)` of the window each backfill request since `from` asked for (the clock
+    /// probe, without a window, is left out), as `sync_backfill_windows` keys them.
+    fn windows_requested_since(&self, from: usize) -> Vec<(i64, i64)> {
+        self.sim.requests()[from..]
+            .iter()
+            .filter_map(|r| {
+                let query = r.path_and_query.split_once('?').map_or("", |(_, q)| q);
+                let param = |name: &str| {
+                    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<i64>().ok())
+                };
+                let (after, before) = (param("created_after"), param("created_before"));
+                (after.is_some() || before.is_some()).then(|| (after.unwrap_or(i64::MIN), before.unwrap_or(i64::MAX)))
+            })
+            .collect()
+    }
+
+    async fn assert_no_duplicates_and_matches_truth(&self) {
+        let (rows, distinct): (i64, i64) = sqlx::query_as("select count(*), count(distinct session_id) from sessions")
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, distinct);
+        assert_warehouse_matches(&self.store, &self.sim.sessions()).await;
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+fn output(log: &PathBuf) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_with_sigkill_at_several_points_resumes_and_ends_exact() {
+    let mut world = World::new(300).await;
+
+    // Reference: how many requests a whole backfill takes (into a database of its own).
+    let full = {
+        let mut reference = World::on(world.sim.clone()).await;
+        let n = reference.run(&["sync", "--backfill"]).await;
+        reference.assert_no_duplicates_and_matches_truth().await;
+        n
+    };
+    assert!(full >= 20, "a full backfill takes {full} requests");
+
+    // Killed early (just after the clock probe and the first windows' requests), then further on.
+    let mut done_before = BTreeSet::new();
+    for k in [3, full / 3, full / 3] {
+        let from = world.sim.requests().len();
+        world.run_and_kill(&["sync", "--backfill"], k).await;
+        assert_eq!(world.watermark().await, None, "a killed backfill never moves the watermark");
+        let requested = world.windows_requested_since(from);
+        let redone: Vec<&(i64, i64)> = requested.iter().filter(|w| done_before.contains(*w)).collect();
+        assert!(redone.is_empty(), "windows finished by an earlier run were read again: {redone:?}");
+        // What the killed run committed is correct and whole.
+        assert_present_sessions_match_truth(&world.store, &world.sim.sessions()).await;
+        let done = world.done_windows().await;
+        assert!(done.is_superset(&done_before), "finished windows stay finished");
+        done_before = done;
+    }
+    assert!(!done_before.is_empty(), "the killed runs finished some windows");
+
+    let from = world.sim.requests().len();
+    let last = world.run(&["sync", "--backfill"]).await;
+    assert!(last < full, "the rerun resumed: {last} requests, a whole backfill takes {full}");
+    let requested = world.windows_requested_since(from);
+    assert!(requested.iter().all(|w| !done_before.contains(w)), "the rerun skipped the finished windows");
+
+    world.assert_no_duplicates_and_matches_truth().await;
+    assert_eq!(world.watermark().await, Some(world.sim.now() - SETTLE), "the completed backfill set the watermark");
+    let runs: Vec<(String, String)> = sqlx::query_as("select mode, status from sync_runs order by run_id")
+        .fetch_all(world.store.pool())
+        .await
+        .unwrap();
+    let succeeded: Vec<&(String, String)> = runs.iter().filter(|(_, s)| s == "succeeded").collect();
+    assert_eq!(succeeded.len(), 1, "only the last run completed: {runs:?}");
+    let moved: Vec<Option<i64>> =
+        sqlx::query_scalar("select watermark_after from sync_runs where status <> 'succeeded'")
+            .fetch_all(world.store.pool())
+            .await
+            .unwrap();
+    assert!(moved.iter().all(Option::is_none), "killed runs recorded no watermark: {moved:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_sync_killed_with_sigkill_leaves_the_watermark_and_a_rerun_is_exact() {
+    let mut world = World::new(150).await;
+    world.run(&["sync", "--backfill"]).await;
+    let watermark = world.watermark().await;
+    assert_eq!(watermark, Some(world.sim.now() - SETTLE));
+
+    world.sim.advance(3_600);
+    world.sim.update_some(90);
+    let created = world.sim.create(30);
+    // Some of the new sessions wait for analysis: the sync's enrichment step will re-fetch them.
+    for id in &created[..10] {
+        world.sim.modify_keep_updated_at(id, |s| s.analysis = None);
+    }
+    world.sim.advance(60);
+
+    // 120 changes in pages of 20: killed after the first, the third and the fifth request.
+    for k in [1, 3, 5] {
+        world.run_and_kill(&["sync"], k).await;
+        assert_eq!(world.watermark().await, watermark, "a killed incremental run never moves the watermark");
+        let (rows, distinct): (i64, i64) = sqlx::query_as("select count(*), count(distinct session_id) from sessions")
+            .fetch_one(world.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, distinct, "no duplicates");
+        assert!(rows >= 150, "nothing lost");
+    }
+
+    world.run(&["sync"]).await;
+    world.assert_no_duplicates_and_matches_truth().await;
+    assert_eq!(world.watermark().await, Some(world.sim.now() - SETTLE), "the completed run moved the watermark");
+
+    // A later kill of the next sync, then a rerun with more changes: still exact.
+    world.sim.advance(600);
+    world.sim.update_some(40);
+    world.sim.advance(60);
+    let moved = world.watermark().await;
+    world.run_and_kill(&["sync"], 2).await;
+    assert_eq!(world.watermark().await, moved);
+    world.run(&["sync"]).await;
+    world.assert_no_duplicates_and_matches_truth().await;
+    assert_eq!(world.watermark().await, Some(world.sim.now() - SETTLE));
+}
