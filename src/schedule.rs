@@ -154,8 +154,8 @@ mod tests {
         let mut settings = crate::config::Settings::load_with_env(None, |_| None).unwrap().sync;
         settings.schedule = crate::config::parse_schedule("k", "*/15 * * * *").unwrap();
         settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
-        let now: DateTime<Utc> = "2026-11-29T03:20:00Z".parse().unwrap();
-        assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:30:00Z".parse().unwrap(), Job::Sync)));
+        let now: DateTime<Utc> = "2026-11-29T03:05:00Z".parse().unwrap();
+        assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:15:00Z".parse().unwrap(), Job::Sync)));
         let now: DateTime<Utc> = "2026-11-29T03:29:00Z".parse().unwrap();
         settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
         settings.schedule = crate::config::parse_schedule("k", "*/30 * * * *").unwrap();
