@@ -204,3 +204,49 @@ async fn a_page_that_is_not_json_fails_the_run_with_a_clear_error() {
     app.syncer.run_once(Mode::Incremental).await.unwrap();
     app.assert_matches_truth().await;
 }
+
+/// A server whose cursor changes on every page but never moves: it returns the same items forever.
+async fn serve_same_page_forever(
+    items: Vec<serde_json::Value>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    let router = axum::Router::new().route(
+        "/v3/enterprise/sessions/insights",
+        axum::routing::get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let items = items.clone();
+            async move {
+                axum::Json(serde_json::json!({
+                    "items": items, "end_cursor": format!("cursor-{n}"), "has_next_page": true,
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, served)
+}
+
+#[tokio::test]
+async fn a_cursor_that_changes_but_does_not_advance_stops_the_walk() {
+    let truth = app(5, |_| {}).await;
+    let items: Vec<serde_json::Value> = truth.sim.sessions().iter().map(|s| serde_json::to_value(s).unwrap()).collect();
+    let (url, served) = serve_same_page_forever(items).await;
+    let settings = common::test_settings(&truth.db.url, &url, truth.sim.token());
+    let syncer = common::build_syncer(settings).await;
+
+    let result = tokio::time::timeout(Duration::from_secs(20), syncer.run_once(Mode::Incremental)).await;
+    let served = served.load(std::sync::atomic::Ordering::SeqCst);
+    let error = result.unwrap_or_else(|_| panic!("the walk never ended ({served} pages served)")).unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("same items"), "{message}");
+    assert!(message.contains("GET /v3/enterprise/sessions/insights?first=50&after=cursor-"), "{message}");
+    assert!(served <= 10, "the walk is bounded: {served} pages");
+    assert_eq!(syncer.store().watermark("devin").await.unwrap(), None);
+    // The first page was real data.
+    truth.assert_matches_truth().await;
+}

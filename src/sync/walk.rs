@@ -231,6 +231,7 @@ fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint
 async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<anyhow::Result<Page>>) {
     let mut empty_in_a_row = 0;
     let mut cursors_seen = HashSet::new();
+    let mut pages_seen = HashSet::new();
     let mut warned_empty = false;
     loop {
         let page = match api.list_page(&query).await {
@@ -253,6 +254,13 @@ async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<
                 "GET {} returned a cursor this walk has already followed, so it would never end",
                 page.request
             ))
+        } else if more && !page.items.is_empty() && !pages_seen.insert(fingerprint(&page.items)) {
+            // A cursor that changes but does not move: the same items again under a new cursor.
+            Some(format!(
+                "GET {} returned the same items as an earlier page of this walk (its cursor changes but does not \
+                 advance), so it would never end",
+                page.request
+            ))
         } else if more && empty_in_a_row >= MAX_EMPTY_PAGES {
             Some(format!("GET {}: {MAX_EMPTY_PAGES} empty pages in a row that claim more follow", page.request))
         } else {
@@ -271,6 +279,16 @@ async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<
         }
         query.after = next;
     }
+}
+
+/// A hash of a page's items, to recognise a page served again.
+fn fingerprint(items: &[Box<serde_json::value::RawValue>]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for item in items {
+        item.get().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Stops the fetcher when the walk ends early (an error) so it does not keep requesting pages.
