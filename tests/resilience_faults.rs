@@ -231,3 +231,54 @@ async fn pacing_spaces_requests_across_concurrent_windows() {
     assert!(elapsed >= least.mul_f64(0.95), "{requests} requests in {elapsed:?}: faster than {rps}/s");
     app.assert_matches_truth().await;
 }
+
+#[tokio::test]
+async fn a_backfill_failing_in_one_window_stops_the_others_cleanly_and_a_rerun_resumes() {
+    let app = app(200, |s| {
+        s.sync.backfill_concurrency = 3;
+        s.sync.backfill_window = Duration::from_secs(45 * 86_400);
+    })
+    .await;
+    app.sim.inject(12, status(400, None), 1);
+    let error = app.syncer.run_once(Mode::Backfill).await.unwrap_err();
+    assert!(format!("{error:#}").contains("window created_after="), "names the window: {error:#}");
+    // The other windows were stopped; a write they had begun still ends (commit or rollback) on its own.
+    wait_for_open_transactions(&app).await;
+    assert_eq!(app.watermark().await, None);
+    assert_present_sessions_match_truth(app.store(), &app.sim.sessions()).await;
+    let done = app.store().completed_windows("devin").await.unwrap();
+    let requests_before = app.sim.requests().len();
+
+    app.syncer.run_once(Mode::Backfill).await.unwrap();
+    let redone = app.sim.requests()[requests_before..]
+        .iter()
+        .filter(|r| {
+            let q = r.path_and_query.split_once('?').map_or("", |(_, q)| q);
+            let p = |n: &str| q.split('&').find_map(|kv| kv.strip_prefix(n)?.strip_prefix('=')?.parse::<i64>().ok());
+            let (a, b) = (p("created_after"), p("created_before"));
+            (a.is_some() || b.is_some()) && done.contains(&(a.unwrap_or(i64::MIN), b.unwrap_or(i64::MAX)))
+        })
+        .count();
+    assert_eq!(redone, 0, "finished windows are not read again ({} were finished)", done.len());
+    assert!(!done.is_empty(), "the failed run finished some windows");
+    assert_eq!(app.watermark().await, Some(app.sim.now() - SETTLE));
+    app.assert_matches_truth().await;
+}
+
+/// Waits until no connection to the test database is inside a transaction.
+async fn wait_for_open_transactions(app: &TestApp) {
+    for _ in 0..1_000 {
+        let open: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and xact_start is not null and pid <> pg_backend_pid()",
+        )
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("a transaction stayed open");
+}

@@ -113,10 +113,14 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
             checkpoints.push(Checkpoint::Seen { run_id, session_ids });
         }
         stats.normalizing += lap(&mut clock);
-        let written = syncer
-            .store()
-            .write_batch(&batch, &checkpoints)
+        // The write is a task of its own so that cancelling this walk (another backfill window failed, the
+        // shutdown grace ran out) never drops a transaction half-way: a COPY dropped mid-stream leaves its pooled
+        // connection out of step with the server, and the next query on it fails with a protocol error.
+        let store = syncer.store().clone();
+        let written = tokio::spawn(async move { store.write_batch(&batch, &checkpoints).await })
             .await
+            .map_err(|e| anyhow::anyhow!("the write task failed: {e}"))
+            .and_then(|written| written)
             .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
         stats.writing += lap(&mut clock);
         stats.writes.add(&written);
