@@ -266,3 +266,36 @@ async fn an_incremental_sync_killed_with_sigkill_leaves_the_watermark_and_a_reru
     world.assert_no_duplicates_and_matches_truth().await;
     assert_eq!(world.watermark().await, Some(world.sim.now() - SETTLE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_killed_with_sigkill_marks_nothing_deleted_and_a_rerun_does() {
+    let mut world = World::new(120).await;
+    world.run(&["sync", "--backfill"]).await;
+    let removed: Vec<String> = world.sim.sessions().iter().step_by(20).map(|s| s.session_id.clone()).collect();
+    for id in &removed {
+        world.sim.remove(id);
+    }
+    world.sim.advance(60);
+    let deleted = |world: &World| {
+        let pool = world.store.pool().clone();
+        async move {
+            let ids: Vec<String> = sqlx::query_scalar("select session_id from sessions where deleted_at is not null")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            ids.into_iter().collect::<BTreeSet<String>>()
+        }
+    };
+
+    for k in [3, 20] {
+        world.run_and_kill(&["sync", "--reconcile"], k).await;
+        assert!(deleted(&world).await.is_empty(), "a killed reconcile marks nothing deleted");
+        assert_eq!(world.store.table_counts().await.unwrap()[0].1, 120, "never a hard delete");
+    }
+
+    world.run(&["sync", "--reconcile"]).await;
+    assert_eq!(deleted(&world).await, removed.iter().cloned().collect(), "exactly the removed sessions");
+    assert_eq!(world.store.table_counts().await.unwrap()[0].1, 120, "never a hard delete");
+    common::assert_warehouse_matches_where(&world.store, &world.sim.sessions(), |id| !removed.iter().any(|r| r == id))
+        .await;
+}
