@@ -127,7 +127,7 @@ async fn retry_after_zero_is_no_hot_loop() {
     let floor_ms = 50.0;
     let most = (elapsed.as_secs_f64() * 1000.0 / floor_ms).ceil() as usize + 1;
     assert!(attempts <= most, "{attempts} attempts in {elapsed:?}: Retry-After: 0 became a hot loop");
-    assert!(elapsed < Duration::from_secs(5), "retry_max_elapsed bounds the retries ({elapsed:?})");
+    assert!(elapsed < Duration::from_secs(10), "retry_max_elapsed bounds the retries ({elapsed:?})");
     let message = format!("{error:#}");
     assert!(message.contains("gave up after"), "{message}");
     assert!(message.contains("429"), "{message}");
