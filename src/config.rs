@@ -231,10 +231,10 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         return Err(invalid("api.max_retries", format!("{} is out of range; use 0..=100", raw.max_retries)));
     }
     let rps = raw.max_requests_per_second;
-    if !rps.is_finite() || rps < 0.0 {
+    if !rps.is_finite() || rps < 0.0 || (rps > 0.0 && rps < 0.001) {
         return Err(invalid(
             "api.max_requests_per_second",
-            format!("{rps} is invalid; use 0 (off) or a positive number"),
+            format!("{rps} is invalid; use 0 (off) or a number of at least 0.001"),
         ));
     }
     Ok(ApiSettings {

@@ -215,6 +215,10 @@ async fn a_backfill_killed_with_sigkill_at_several_points_resumes_and_ends_exact
         .unwrap();
     let succeeded: Vec<&(String, String)> = runs.iter().filter(|(_, s)| s == "succeeded").collect();
     assert_eq!(succeeded.len(), 1, "only the last run completed: {runs:?}");
+    assert!(
+        runs[..runs.len() - 1].iter().all(|(_, s)| s == "aborted"),
+        "runs of killed processes are closed as aborted by the next run: {runs:?}"
+    );
     let moved: Vec<Option<i64>> =
         sqlx::query_scalar("select watermark_after from sync_runs where status <> 'succeeded'")
             .fetch_all(world.store.pool())

@@ -269,6 +269,13 @@ impl Store {
                 Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_transient_conflict(&e) => {
                     tracing::warn!(error = %e, attempt, "transaction conflict; retrying the batch");
                 }
+                // The connection was lost (network, a terminated backend, a restarting server). The batch rolled
+                // back whole and writing it again is idempotent, so wait a little and try on a fresh connection.
+                Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_connection_loss(&e) => {
+                    let wait = std::time::Duration::from_millis(500 << attempt);
+                    tracing::warn!(error = %format!("{e:#}"), attempt, wait_ms = wait.as_millis() as u64, "database connection lost; retrying the batch");
+                    tokio::time::sleep(wait).await;
+                }
                 // A concurrent writer inserted one of "our" new sessions first: merge instead.
                 Err(e) if allow_copy && has_sqlstate(&e, "23505") => {
                     tracing::debug!(error = %e, "a session appeared meanwhile; writing the batch with the upsert path");
@@ -282,6 +289,18 @@ impl Store {
 
 fn is_transient_conflict(e: &anyhow::Error) -> bool {
     has_sqlstate(e, "40P01") || has_sqlstate(e, "40001")
+}
+
+/// I/O errors, pool timeouts, and the server's "terminating connection" / "starting up" / connection-exception
+/// states (57P01–57P03, class 08).
+fn is_connection_loss(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+        Some(sqlx::Error::Database(d)) => {
+            d.code().is_some_and(|c| matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08"))
+        }
+        _ => false,
+    })
 }
 
 fn has_sqlstate(e: &anyhow::Error, state: &str) -> bool {

@@ -247,8 +247,23 @@ impl Store {
         .context("reading sync_runs")
     }
 
-    /// Records the start of a run; returns its id.
+    /// Records the start of a run; returns its id. Runs of the source still marked `running` belong to a
+    /// process that died (runs of a source never overlap: they hold its advisory lock), so they are closed as
+    /// `aborted` first.
     pub async fn start_run(&self, source: &str, mode: &str, watermark_before: Option<i64>) -> anyhow::Result<i64> {
+        let orphans = sqlx::query(
+            "update sync_runs set status = 'aborted', finished_at = now(),
+                 error = 'the process ended before the run finished (killed, crashed or lost its database connection)'
+             where source = $1 and status = 'running'",
+        )
+        .bind(source)
+        .execute(&self.pool)
+        .await
+        .context("closing runs of processes that died")?
+        .rows_affected();
+        if orphans > 0 {
+            tracing::warn!(orphans, "runs left `running` by a process that died were marked aborted");
+        }
         sqlx::query_scalar(
             "insert into sync_runs (source, mode, status, watermark_before) values ($1, $2, 'running', $3)
              returning run_id",
