@@ -156,12 +156,8 @@ async fn run_service(settings: Settings, backfill: bool) -> anyhow::Result<()> {
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
     // A pool of its own, so a busy backfill cannot make /readyz time out waiting for a connection.
     let http_store = Store::connect(&syncer.settings().database, 2).await?;
-    let state = crate::http::HttpState {
-        store: http_store,
-        source: syncer.source().to_owned(),
-        max_staleness,
-        metrics,
-    };
+    let state =
+        crate::http::HttpState { store: http_store, source: syncer.source().to_owned(), max_staleness, metrics };
     let mut http_stop = stopped.clone();
     let http = tokio::spawn(crate::http::serve(listener, state, async move {
         let _ = http_stop.wait_for(|stop| *stop).await;

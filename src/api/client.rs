@@ -126,7 +126,9 @@ impl ApiClient {
     pub fn new(settings: &ApiSettings) -> anyhow::Result<ApiClient> {
         let token = settings.token()?.clone();
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
-            anyhow::anyhow!("api.token: the token contains characters an HTTP header cannot carry; check DEVIN_API_TOKEN")
+            anyhow::anyhow!(
+                "api.token: the token contains characters an HTTP header cannot carry; check DEVIN_API_TOKEN"
+            )
         })?;
         authorization.set_sensitive(true);
         let http = reqwest::Client::builder()

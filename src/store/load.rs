@@ -386,19 +386,29 @@ async fn none_exist(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow
 /// The fast path for sessions that do not exist yet: COPY straight into the tables, about twice as fast as
 /// `insert … select`. Nothing can conflict — unless a concurrent window inserts one of them first, which
 /// fails the COPY with a unique violation and `write_batch` then redoes the batch with the upsert path.
-async fn copy_new_sessions(tx: &mut Transaction<'_, Postgres>, batch: &Batch, stats: &mut WriteStats) -> anyhow::Result<()> {
+async fn copy_new_sessions(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &Batch,
+    stats: &mut WriteStats,
+) -> anyhow::Result<()> {
     let n = copy_in(tx, &COPY_SESSIONS, "sessions", batch.sessions.copy_text(&SESSION_TIMESTAMPS)).await?;
     stats.sessions_written = n;
     stats.rows.insert("sessions", n);
     for child in CHILD_STATEMENTS.iter() {
         let buffer = batch.child_buffer(child.table);
-        let n = if buffer.is_empty() { 0 } else { copy_in(tx, &child.copy, child.table, buffer.copy_text(&[])).await? };
+        let n =
+            if buffer.is_empty() { 0 } else { copy_in(tx, &child.copy, child.table, buffer.copy_text(&[])).await? };
         stats.rows.insert(child.table, n);
     }
     Ok(())
 }
 
-async fn copy_in(tx: &mut Transaction<'_, Postgres>, statement: &str, table: &str, data: Vec<u8>) -> anyhow::Result<u64> {
+async fn copy_in(
+    tx: &mut Transaction<'_, Postgres>,
+    statement: &str,
+    table: &str,
+    data: Vec<u8>,
+) -> anyhow::Result<u64> {
     let mut copy = tx.copy_in_raw(statement).await.with_context(|| format!("starting COPY into {table}"))?;
     if let Err(e) = copy.send(data).await {
         // An unfinished COPY leaves the connection unusable; abort it (the transaction rolls back anyway).
