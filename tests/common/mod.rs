@@ -56,8 +56,10 @@ impl Drop for TestDb {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
-                    let _ =
-                        sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&mut conn).await;
+                    // Bounded: DROP DATABASE waits for every backend of the cluster to acknowledge it, and a
+                    // backend stuck elsewhere must not hang the suite (at worst a test database is left behind).
+                    let sql = format!("set statement_timeout = '60s'; drop database if exists {name} with (force)");
+                    let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
                 }
             });
         })
