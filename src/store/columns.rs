@@ -179,20 +179,20 @@ impl ColumnBuffer {
 }
 
 /// COPY text escaping: backslash, tab, newline and carriage return (NUL was replaced when the value was pushed).
+/// Copies the runs between special bytes whole: every `raw` JSON has some backslashes, few of them.
 fn escape_copy(out: &mut Vec<u8>, value: &str) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
-        out.extend_from_slice(value.as_bytes());
-        return;
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(match rest[at] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[at + 1..];
     }
-    for &b in value.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
-    }
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]

@@ -75,6 +75,17 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the planner's statistics of the session tables. After a bulk load, autovacuum may take a
+    /// minute to get there, and until then the first incremental run plans its child-row deletes as scans.
+    pub async fn analyze(&self) -> anyhow::Result<()> {
+        let tables = TABLES.iter().filter(|t| t.starts_with("session")).copied().collect::<Vec<_>>().join(", ");
+        sqlx::raw_sql(&format!("analyze {tables}"))
+            .execute(&self.pool)
+            .await
+            .context("analyzing the session tables")?;
+        Ok(())
+    }
+
     /// Row counts of every warehouse table, in DESIGN.md's order.
     pub async fn table_counts(&self) -> anyhow::Result<Vec<(&'static str, i64)>> {
         let mut counts = Vec::new();

@@ -101,6 +101,9 @@ pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
     if let Some(watermark) = watermark {
         store.complete_backfill(&source, watermark).await?;
     }
+    if let Err(e) = store.analyze().await {
+        tracing::warn!(error = %format!("{e:#}"), "ANALYZE after the backfill failed; autovacuum will catch up");
+    }
     total.watermark = watermark;
     Ok(total)
 }

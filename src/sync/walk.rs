@@ -17,9 +17,10 @@ use crate::api::{ApiClient, ListQuery, Page};
 use crate::store::{Batch, Checkpoint, WriteStats};
 
 /// Pages fetched ahead of the writer.
-const PIPELINE_DEPTH: usize = 4;
-/// A batch takes waiting pages until it holds this many sessions.
-const MAX_BATCH_SESSIONS: usize = 2_000;
+const PIPELINE_DEPTH: usize = 2;
+/// A batch takes waiting pages until it holds this much JSON: bounded by bytes rather than sessions, so memory
+/// stays flat whatever the window or history size (a batch exists as items, columns and COPY text at once).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Consecutive empty pages that still claim `has_next_page` before the walk is called broken.
 const MAX_EMPTY_PAGES: u32 = 50;
 
@@ -92,7 +93,7 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         let mut items = Vec::new();
         let mut last = take_page(first?, &plan.query, &mut stats, &mut items)?;
         // Merge pages that are already waiting; a batch commits them together.
-        while !last && items.len() < MAX_BATCH_SESSIONS {
+        while !last && items.iter().map(|i| i.raw.len()).sum::<usize>() < MAX_BATCH_BYTES {
             match receiver.try_recv() {
                 Ok(Ok(page)) => last = take_page(page, &plan.query, &mut stats, &mut items)?,
                 Ok(Err(e)) => {
@@ -112,6 +113,7 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
             let session_ids = items.iter().map(|i| i.session.session_id.clone()).collect();
             checkpoints.push(Checkpoint::Seen { run_id, session_ids });
         }
+        drop(items); // staged: the batch holds what is written
         stats.normalizing += lap(&mut clock);
         // The write is a task of its own so that cancelling this walk (another backfill window failed, the
         // shutdown grace ran out) never drops a transaction half-way: a COPY dropped mid-stream leaves its pooled
