@@ -42,8 +42,7 @@ pub struct BenchArgs {
     /// Database on the configured server that is dropped and recreated for the benchmark (kept afterwards).
     #[arg(long, default_value = "devin_etl_bench")]
     pub database: String,
-    /// Print the results as one JSON document (last line of stdout) instead of the table. Set RUST_LOG=warn
-    /// to keep the sync's own log lines off stdout.
+    /// Print the results as one JSON document (last line of stdout) instead of the table (logs go to stderr).
     #[arg(long)]
     pub json: bool,
     /// Seconds the simulator clock moves between the incremental and the no-op run.

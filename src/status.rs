@@ -49,7 +49,9 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let watermark = match (s.watermark_time, s.lag_seconds) {
-        (Some(t), Some(lag)) => format!("{} ({} ago)", t.to_rfc3339(), human_duration(lag)),
+        (Some(t), Some(lag)) if lag >= 0 => format!("{} ({} ago)", t.to_rfc3339(), human_duration(lag)),
+        // The API server's clock is ahead of this machine's.
+        (Some(t), Some(lag)) => format!("{} ({} ahead of this machine's clock)", t.to_rfc3339(), human_duration(-lag)),
         _ => "none yet (no walk has completed)".to_owned(),
     };
     out.push_str(&format!(
