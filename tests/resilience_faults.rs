@@ -7,20 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, assert_present_sessions_match_truth, last_run};
-use devin_etl::config::Settings;
-use devin_etl::simulator::{Fault, SimulatorConfig};
+use devin_etl::simulator::Fault;
 use devin_etl::sync::Mode;
 
 const SETTLE: i64 = 30;
 
-/// `sessions` sessions, pages of 10, plus `tweak`.
-async fn app(sessions: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    TestApp::spawn_with(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() }, |s| {
-        s.api.page_size = 10;
-        tweak(s);
-    })
-    .await
-}
+use common::small_pages_app as app;
 
 fn status(code: u16, retry_after: Option<&str>) -> Fault {
     Fault::Status { code, retry_after: retry_after.map(str::to_owned) }

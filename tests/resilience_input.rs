@@ -9,19 +9,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{TestApp, api_order, assert_present_sessions_match_truth, last_run};
-use devin_etl::config::Settings;
-use devin_etl::simulator::{Fault, SimulatorConfig, Switches};
+use devin_etl::simulator::{Fault, Switches};
 use devin_etl::sync::Mode;
 
 const SETTLE: i64 = 30;
 
-async fn app(sessions: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    TestApp::spawn_with(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() }, |s| {
-        s.api.page_size = 10;
-        tweak(s);
-    })
-    .await
-}
+use common::small_pages_app as app;
 
 fn switch(f: impl FnOnce(&mut Switches)) -> Switches {
     let mut s = Switches::default();

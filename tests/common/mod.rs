@@ -410,3 +410,12 @@ pub async fn last_run(store: &Store) -> (String, String, i64, i64, Option<String
         .await
         .unwrap()
 }
+
+/// `sessions` sessions on a manual clock, pages of 10 (so small data sets still span many pages), plus `tweak`.
+pub async fn small_pages_app(sessions: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    TestApp::spawn_with(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() }, |s| {
+        s.api.page_size = 10;
+        tweak(s);
+    })
+    .await
+}
