@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::normalize::{self, DecodedItem};
 use super::{Interrupted, Syncer};
@@ -119,7 +120,9 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         // shutdown grace ran out) never drops a transaction half-way: a COPY dropped mid-stream leaves its pooled
         // connection out of step with the server, and the next query on it fails with a protocol error.
         let store = syncer.store().clone();
-        let written = tokio::spawn(async move { store.write_batch(&batch, &checkpoints).await })
+        // One span per written batch (a page, or the pages that were waiting), under the run's span.
+        let span = tracing::info_span!("page", page = stats.pages, sessions = batch.sessions(), last);
+        let written = tokio::spawn(async move { store.write_batch(&batch, &checkpoints).await }.instrument(span))
             .await
             .map_err(|e| anyhow::anyhow!("the write task failed: {e}"))
             .and_then(|written| written)
