@@ -27,9 +27,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::api::models::SessionInsights;
 use crate::api::{ApiClient, ListQuery};
 use crate::config::Settings;
+use crate::store::Batch;
 use crate::sync::normalize::{self, DecodedItem};
 use crate::sync::{Mode, RunOutcome};
 
@@ -152,7 +152,7 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
             rows.bytes() as f64 / 1e6,
             encode_time.as_secs_f64()
         ));
-        create_floor_tables(&mut admin, &schema, args.floor_foreign_keys).await?;
+        create_floor_tables(&mut admin, &schema, &rows, args.floor_foreign_keys).await?;
         checkpoint(&mut admin).await?;
         progress(format_args!("COPY floor: copying over {} connection(s)", args.floor_connections));
         let mut conns = Vec::new();
@@ -643,16 +643,14 @@ async fn fetch_floor(settings: &Settings, sim_pid: Option<u32>, admin: &mut PgCo
 /// Every page of the full list, decoded and normalized into COPY text, in memory.
 async fn encode_all_pages(settings: &Settings) -> anyhow::Result<FloorRows> {
     let api = ApiClient::new(&settings.api)?;
-    let mut rows = FloorRows::new();
+    let mut rows = FloorRows::default();
     let mut seen = HashSet::new();
     let mut after = None;
     loop {
         let page = api.list_page(&floor_query(after)).await?;
-        for item in normalize::decode_page(page.items, &page.request)? {
-            if seen.insert(item.session.session_id.clone()) {
-                rows.push(&item)?;
-            }
-        }
+        let mut items = normalize::decode_page(page.items, &page.request)?;
+        items.retain(|item| seen.insert(item.session.session_id.clone()));
+        rows.push(&items);
         if !page.has_next_page {
             break;
         }
@@ -663,9 +661,14 @@ async fn encode_all_pages(settings: &Settings) -> anyhow::Result<FloorRows> {
 
 /// Fresh tables `like` the warehouse's (columns, defaults, not-null and check constraints, primary keys,
 /// indexes, compression), optionally with the foreign keys too.
-async fn create_floor_tables(conn: &mut PgConnection, schema: &str, foreign_keys: bool) -> anyhow::Result<()> {
+async fn create_floor_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+    rows: &FloorRows,
+    foreign_keys: bool,
+) -> anyhow::Result<()> {
     let mut sql = format!("drop schema if exists {FLOOR_SCHEMA} cascade; create schema {FLOOR_SCHEMA};\n");
-    for table in FLOOR_TABLES {
+    for table in &rows.tables {
         let name = table.name;
         writeln!(sql, "create table {FLOOR_SCHEMA}.{name} (like {schema}.{name} including all);")?;
         if foreign_keys && name != "sessions" {
@@ -691,18 +694,18 @@ async fn copy_floor(
     let meter = Meter::start(sim_pid);
     let mut by_table = Vec::new();
     let mut total = 0;
-    for (spec, data) in FLOOR_TABLES.iter().zip(&rows.tables) {
+    for data in &rows.tables {
         let started = Instant::now();
-        let statement = format!("copy {FLOOR_SCHEMA}.{} ({}) from stdin", spec.name, spec.columns.join(", "));
+        let statement = format!("copy {FLOOR_SCHEMA}.{} ({}) from stdin", data.name, data.columns.join(", "));
         let parts = split_rows(&data.text, conns.len());
         let copies = conns.iter_mut().zip(parts).map(|(conn, part)| copy_in(conn, &statement, part));
         let copied: u64 = futures_util::future::try_join_all(copies)
             .await
-            .with_context(|| format!("COPY into {FLOOR_SCHEMA}.{}", spec.name))?
+            .with_context(|| format!("COPY into {FLOOR_SCHEMA}.{}", data.name))?
             .into_iter()
             .sum();
         total += copied;
-        by_table.push((spec.name, copied, started.elapsed()));
+        by_table.push((data.name, copied, started.elapsed()));
     }
     let measured = meter.stop(admin).await?;
     let phase = Phase {
@@ -750,240 +753,25 @@ fn split_rows(text: &[u8], n: usize) -> Vec<&[u8]> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// COPY text of the normalized rows: the same tables and columns as the migration and `normalize::stage`.
+// COPY text of the normalized rows: exactly what the loader's COPY path sends (`Batch::copy_payloads`).
 
-/// A table of the COPY floor: its name and the columns the rows carry (the rest take their defaults).
-struct FloorTable {
-    name: &'static str,
-    columns: &'static [&'static str],
-}
-
-const FLOOR_TABLES: [FloorTable; 9] = [
-    FloorTable {
-        name: "sessions",
-        columns: &[
-            "session_id",
-            "org_id",
-            "user_id",
-            "service_user_id",
-            "title",
-            "url",
-            "status",
-            "status_detail",
-            "origin",
-            "category",
-            "subcategory",
-            "session_size",
-            "acus_consumed",
-            "num_user_messages",
-            "num_devin_messages",
-            "is_archived",
-            "playbook_id",
-            "parent_session_id",
-            "tags",
-            "structured_output",
-            "created_at",
-            "updated_at",
-            "has_analysis",
-            "classification_category",
-            "classification_confidence",
-            "programming_languages",
-            "tools_and_frameworks",
-            "suggested_prompt_original",
-            "suggested_prompt",
-            "raw",
-        ],
-    },
-    FloorTable { name: "session_pull_requests", columns: &["session_id", "pr_url", "pr_state", "repo", "pr_number"] },
-    FloorTable { name: "session_issues", columns: &["session_id", "position", "issue_id", "issue", "impact", "label"] },
-    FloorTable {
-        name: "session_action_items",
-        columns: &["session_id", "position", "action_item", "issue_id", "type"],
-    },
-    FloorTable {
-        name: "session_timeline_events",
-        columns: &["session_id", "position", "title", "description", "color", "issue_id"],
-    },
-    FloorTable {
-        name: "session_note_usages",
-        columns: &["session_id", "kind", "position", "note_id", "message", "reason"],
-    },
-    FloorTable {
-        name: "session_prompt_feedback",
-        columns: &["session_id", "position", "summary", "excerpt", "details", "issue_id"],
-    },
-    FloorTable { name: "session_tags", columns: &["session_id", "tag"] },
-    FloorTable { name: "session_children", columns: &["session_id", "child_session_id"] },
-];
-
-/// COPY text (PostgreSQL's text format) of one table.
-#[derive(Debug, Default)]
+/// One table's rows as COPY text, and the columns they follow.
+#[derive(Debug)]
 struct CopyText {
     name: &'static str,
+    columns: Vec<&'static str>,
     text: Vec<u8>,
     rows: u64,
 }
 
-impl CopyText {
-    fn row(&mut self) -> CopyRow<'_> {
-        self.rows += 1;
-        CopyRow { out: &mut self.text, started: false }
-    }
-}
-
-/// One row being written: fields separated by tabs, `\N` for null, ended by a newline.
-struct CopyRow<'a> {
-    out: &'a mut Vec<u8>,
-    started: bool,
-}
-
-impl CopyRow<'_> {
-    fn field(&mut self) -> &mut Vec<u8> {
-        if self.started {
-            self.out.push(b'\t');
-        }
-        self.started = true;
-        self.out
-    }
-
-    fn text(&mut self, value: &str) -> &mut Self {
-        escape_copy(self.field(), value);
-        self
-    }
-
-    fn opt_text(&mut self, value: Option<&str>) -> &mut Self {
-        match value {
-            Some(v) => self.text(v),
-            None => self.null(),
-        }
-    }
-
-    fn null(&mut self) -> &mut Self {
-        self.field().extend_from_slice(b"\\N");
-        self
-    }
-
-    fn int(&mut self, value: i64) -> &mut Self {
-        let _ = write!(ByteWriter(self.field()), "{value}");
-        self
-    }
-
-    fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
-        match value {
-            Some(v) => self.int(v),
-            None => self.null(),
-        }
-    }
-
-    fn float(&mut self, value: f64) -> &mut Self {
-        let out = self.field();
-        if value.is_nan() {
-            out.extend_from_slice(b"NaN");
-        } else if value.is_infinite() {
-            out.extend_from_slice(if value > 0.0 { b"Infinity" } else { b"-Infinity" });
-        } else {
-            // Rust prints the shortest text that reads back as the same f64, without an exponent.
-            let _ = write!(ByteWriter(out), "{value}");
-        }
-        self
-    }
-
-    fn opt_float(&mut self, value: Option<f64>) -> &mut Self {
-        match value {
-            Some(v) => self.float(v),
-            None => self.null(),
-        }
-    }
-
-    fn bool(&mut self, value: bool) -> &mut Self {
-        self.field().push(if value { b't' } else { b'f' });
-        self
-    }
-
-    /// Unix seconds as a `timestamptz` literal in UTC.
-    fn timestamp(&mut self, secs: i64) -> anyhow::Result<&mut Self> {
-        let t = chrono::DateTime::from_timestamp(secs, 0)
-            .with_context(|| format!("{secs} is out of range for a timestamp"))?;
-        let _ = write!(ByteWriter(self.field()), "{}", t.format("%Y-%m-%d %H:%M:%S+00"));
-        Ok(self)
-    }
-
-    /// A `text[]` literal, every element quoted.
-    fn text_array<'s>(&mut self, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
-        let mut literal = String::from("{");
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                literal.push(',');
-            }
-            literal.push('"');
-            for c in v.chars() {
-                if c == '"' || c == '\\' {
-                    literal.push('\\');
-                }
-                literal.push(c);
-            }
-            literal.push('"');
-        }
-        literal.push('}');
-        self.text(&literal)
-    }
-
-    fn opt_text_array(&mut self, values: Option<&[String]>) -> &mut Self {
-        match values {
-            Some(v) => self.text_array(v.iter().map(String::as_str)),
-            None => self.null(),
-        }
-    }
-
-    fn end(&mut self) {
-        self.out.push(b'\n');
-    }
-}
-
-/// `fmt::Write` into a byte buffer.
-struct ByteWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Appends `value` escaped for COPY's text format: backslash, tab, newline and carriage return are escaped;
-/// NUL (which `text` cannot hold) becomes U+FFFD, as the loader does.
-fn escape_copy(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r' | 0)) {
-        out.extend_from_slice(bytes);
-        return;
-    }
-    for &b in bytes {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            0 => out.extend_from_slice("\u{FFFD}".as_bytes()),
-            _ => out.push(b),
-        }
-    }
-}
-
-/// The normalized rows of every session, as COPY text per table (in [`FLOOR_TABLES`] order).
+/// The normalized rows of every session, as COPY text per table (`sessions` first).
+#[derive(Debug, Default)]
 struct FloorRows {
-    tables: [CopyText; 9],
+    tables: Vec<CopyText>,
     sessions: u64,
 }
 
 impl FloorRows {
-    fn new() -> FloorRows {
-        FloorRows {
-            tables: std::array::from_fn(|i| CopyText { name: FLOOR_TABLES[i].name, ..CopyText::default() }),
-            sessions: 0,
-        }
-    }
-
     fn total_rows(&self) -> u64 {
         self.tables.iter().map(|t| t.rows).sum()
     }
@@ -992,131 +780,20 @@ impl FloorRows {
         self.tables.iter().map(|t| t.text.len()).sum()
     }
 
-    /// The rows of one item, as `normalize::stage` makes them.
-    fn push(&mut self, item: &DecodedItem) -> anyhow::Result<()> {
-        let s: &SessionInsights = &item.session;
-        let id = s.session_id.as_str();
-        let analysis = s.analysis.as_ref();
-        let classification = analysis.and_then(|a| a.classification.as_ref());
-        let prompt = analysis.and_then(|a| a.suggested_prompt.as_ref());
-        let structured_output = s.structured_output.as_ref().map(|o| serde_json::Value::Object(o.clone()).to_string());
-        let [sessions, pull_requests, issues, action_items, timeline, note_usages, feedback, tags, children] =
-            &mut self.tables;
-        self.sessions += 1;
-        sessions
-            .row()
-            .text(id)
-            .text(&s.org_id)
-            .opt_text(s.user_id.as_deref())
-            .opt_text(s.service_user_id.as_deref())
-            .opt_text(s.title.as_deref())
-            .text(&s.url)
-            .text(&s.status)
-            .opt_text(s.status_detail.as_deref())
-            .opt_text(s.origin.as_deref())
-            .opt_text(s.category.as_deref())
-            .opt_text(s.subcategory.as_deref())
-            .text(&s.session_size)
-            .float(s.acus_consumed)
-            .int(s.num_user_messages)
-            .int(s.num_devin_messages)
-            .bool(s.is_archived)
-            .opt_text(s.playbook_id.as_deref())
-            .opt_text(s.parent_session_id.as_deref())
-            .text_array(s.tags.iter().map(String::as_str))
-            .opt_text(structured_output.as_deref())
-            .timestamp(s.created_at)?
-            .timestamp(s.updated_at)?
-            .bool(analysis.is_some())
-            .opt_text(classification.map(|c| c.category.as_str()))
-            .opt_float(classification.map(|c| c.confidence))
-            .opt_text_array(classification.map(|c| c.programming_languages.as_slice()))
-            .opt_text_array(classification.map(|c| c.tools_and_frameworks.as_slice()))
-            .opt_text(prompt.map(|p| p.original_prompt.as_str()))
-            .opt_text(prompt.map(|p| p.suggested_prompt.as_str()))
-            .text(&item.raw)
-            .end();
-
-        // Set-keyed tables store a repeated value once, as the loader does.
-        let mut seen = HashSet::new();
-        for pr in &s.pull_requests {
-            if seen.insert(pr.pr_url.as_str()) {
-                let (repo, number) = normalize::parse_pr_url(&pr.pr_url);
-                pull_requests
-                    .row()
-                    .text(id)
-                    .text(&pr.pr_url)
-                    .opt_text(pr.pr_state.as_deref())
-                    .opt_text(repo.as_deref())
-                    .opt_int(number.map(i64::from))
-                    .end();
+    /// Appends a page's items, normalized and encoded by the loader's own code.
+    fn push(&mut self, items: &[DecodedItem]) {
+        let mut batch = Batch::new();
+        for item in items {
+            normalize::stage(&mut batch, item);
+        }
+        self.sessions += batch.sessions() as u64;
+        for (i, payload) in batch.copy_payloads().into_iter().enumerate() {
+            if self.tables.len() == i {
+                self.tables.push(CopyText { name: payload.table, columns: payload.columns, text: Vec::new(), rows: 0 });
             }
+            self.tables[i].text.extend_from_slice(&payload.text);
+            self.tables[i].rows += payload.rows as u64;
         }
-        seen.clear();
-        for tag in &s.tags {
-            if seen.insert(tag.as_str()) {
-                tags.row().text(id).text(tag).end();
-            }
-        }
-        seen.clear();
-        for child in s.child_session_ids.iter().flatten() {
-            if seen.insert(child.as_str()) {
-                children.row().text(id).text(child).end();
-            }
-        }
-
-        let Some(a) = analysis else { return Ok(()) };
-        for (position, i) in a.issues.iter().enumerate() {
-            issues.row().text(id).int(position as i64).text(&i.id).text(&i.issue).text(&i.impact).text(&i.label).end();
-        }
-        for (position, x) in a.action_items.iter().enumerate() {
-            action_items
-                .row()
-                .text(id)
-                .int(position as i64)
-                .text(&x.action_item)
-                .opt_text(x.issue_id.as_deref())
-                .text(&x.kind)
-                .end();
-        }
-        for (position, e) in a.timeline.iter().enumerate() {
-            timeline
-                .row()
-                .text(id)
-                .int(position as i64)
-                .text(&e.title)
-                .text(&e.description)
-                .text(&e.color)
-                .opt_text(e.issue_id.as_deref())
-                .end();
-        }
-        if let Some(usage) = &a.note_usage {
-            for (kind, list) in [("good", &usage.good_usages), ("bad", &usage.bad_usages)] {
-                for (position, n) in list.iter().enumerate() {
-                    note_usages
-                        .row()
-                        .text(id)
-                        .text(kind)
-                        .int(position as i64)
-                        .text(&n.note_id)
-                        .text(&n.message)
-                        .text(&n.reason)
-                        .end();
-                }
-            }
-        }
-        for (position, f) in prompt.map(|p| p.feedback_items.as_slice()).unwrap_or_default().iter().enumerate() {
-            feedback
-                .row()
-                .text(id)
-                .int(position as i64)
-                .text(&f.summary)
-                .text(&f.excerpt)
-                .text(&f.details)
-                .opt_text(f.issue_id.as_deref())
-                .end();
-        }
-        Ok(())
     }
 }
 
@@ -1360,40 +1037,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn one_row(f: impl FnOnce(&mut CopyRow<'_>)) -> String {
-        let mut table = CopyText::default();
-        let mut row = table.row();
-        f(&mut row);
-        row.end();
-        String::from_utf8(table.text).expect("COPY text is UTF-8")
-    }
-
-    #[test]
-    fn copy_text_escapes_specials_and_marks_nulls() {
-        let line = one_row(|r| {
-            r.text("a\tb\nc\rd\\e").opt_text(None).text("x\0y").text("plain, \"quoted\" é");
-        });
-        assert_eq!(line, "a\\tb\\nc\\rd\\\\e\t\\N\tx\u{FFFD}y\tplain, \"quoted\" é\n");
-    }
-
-    #[test]
-    fn copy_text_arrays_quote_elements_then_escape_for_copy() {
-        let line = one_row(|r| {
-            r.text_array(["a,b", "q\"", "back\\slash", "NULL", "tab\there"]).text_array([]).opt_text_array(None);
-        });
-        // Array literal {"a,b","q\"","back\\slash","NULL","tab<TAB>here"}, then COPY doubles each backslash.
-        assert_eq!(line, "{\"a,b\",\"q\\\\\"\",\"back\\\\\\\\slash\",\"NULL\",\"tab\\there\"}\t{}\t\\N\n");
-    }
-
-    #[test]
-    fn copy_text_numbers_booleans_and_timestamps() {
-        let line = one_row(|r| {
-            r.int(-42).float(0.1).float(f64::INFINITY).bool(true).bool(false).opt_int(None);
-            r.timestamp(1_700_000_000).expect("in range");
-        });
-        assert_eq!(line, "-42\t0.1\tInfinity\tt\tf\t\\N\t2023-11-14 22:13:20+00\n");
-    }
 
     #[test]
     fn rows_split_at_row_ends() {

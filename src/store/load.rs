@@ -156,24 +156,56 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `copy {table} (cols) from stdin`: the fast path for sessions that do not exist yet.
-fn copy_statement(table: &str, columns: &[ColumnSpec]) -> String {
-    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
-    format!("copy {table} ({}) from stdin", names.join(", "))
-}
-
 /// Positions of the columns that travel as Unix seconds and are stored as `timestamptz`.
 fn timestamp_columns(columns: &[ColumnSpec]) -> Vec<usize> {
     columns.iter().enumerate().filter(|(_, (_, _, e))| e.starts_with("to_timestamp(")).map(|(i, _)| i).collect()
 }
 
-static COPY_SESSIONS: LazyLock<String> = LazyLock::new(|| copy_statement("sessions", SESSION_COLUMNS));
 static SESSION_TIMESTAMPS: LazyLock<Vec<usize>> = LazyLock::new(|| timestamp_columns(SESSION_COLUMNS));
+
+/// One table's rows of a batch in PostgreSQL's COPY text format, with the columns they follow.
+#[derive(Debug)]
+pub struct CopyPayload {
+    pub table: &'static str,
+    pub columns: Vec<&'static str>,
+    pub rows: usize,
+    pub text: Vec<u8>,
+}
+
+impl CopyPayload {
+    /// `copy {qualifier}{table} (cols) from stdin`.
+    pub fn statement(&self, qualifier: &str) -> String {
+        format!("copy {qualifier}{} ({}) from stdin", self.table, self.columns.join(", "))
+    }
+}
+
+impl Batch {
+    /// Every table's rows as COPY text, `sessions` first: what the loader's COPY path sends (and what the
+    /// benchmark's COPY floor copies).
+    pub fn copy_payloads(&self) -> Vec<CopyPayload> {
+        let names = |columns: &[ColumnSpec]| columns.iter().map(|(n, _, _)| *n).collect();
+        let mut payloads = vec![CopyPayload {
+            table: "sessions",
+            columns: names(SESSION_COLUMNS),
+            rows: self.sessions.rows(),
+            text: self.sessions.copy_text(&SESSION_TIMESTAMPS),
+        }];
+        for (table, columns) in CHILD_TABLES {
+            let buffer = self.child_buffer(table);
+            payloads.push(CopyPayload {
+                table,
+                columns: names(columns),
+                rows: buffer.rows(),
+                text: buffer.copy_text(&[]),
+            });
+        }
+        payloads
+    }
+}
 
 /// Statements for one child table, built once.
 struct ChildStatements {
     table: &'static str,
-    copy: String,
     delete: String,
     /// Rows of the written sessions only (their ids bound last).
     insert_written: String,
@@ -188,7 +220,6 @@ static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
             let insert_all = insert_from_unnest(table, columns);
             ChildStatements {
                 table,
-                copy: copy_statement(table, columns),
                 // `= any($1)` keeps the delete on the primary key index.
                 delete: format!("delete from {table} where session_id = any($1)"),
                 insert_written: format!("{insert_all} where x.session_id = any(${})", columns.len() + 1),
@@ -391,15 +422,15 @@ async fn copy_new_sessions(
     batch: &Batch,
     stats: &mut WriteStats,
 ) -> anyhow::Result<()> {
-    let n = copy_in(tx, &COPY_SESSIONS, "sessions", batch.sessions.copy_text(&SESSION_TIMESTAMPS)).await?;
-    stats.sessions_written = n;
-    stats.rows.insert("sessions", n);
-    for child in CHILD_STATEMENTS.iter() {
-        let buffer = batch.child_buffer(child.table);
-        let n =
-            if buffer.is_empty() { 0 } else { copy_in(tx, &child.copy, child.table, buffer.copy_text(&[])).await? };
-        stats.rows.insert(child.table, n);
+    for payload in batch.copy_payloads() {
+        let n = if payload.rows == 0 {
+            0
+        } else {
+            copy_in(tx, &payload.statement(""), payload.table, payload.text).await?
+        };
+        stats.rows.insert(payload.table, n);
     }
+    stats.sessions_written = stats.rows.get("sessions").copied().unwrap_or_default();
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-pub use load::{Checkpoint, WriteStats};
+pub use load::{Checkpoint, CopyPayload, WriteStats};
 pub use lock::SourceLock;
 pub use rows::*;
 pub use state::{BackfillState, RunRecord, RunRow, RunStatus};
