@@ -17,6 +17,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
+pub mod cluster;
+pub mod proxy;
+
 /// Admin URL of the test server; each test creates its own database there.
 pub fn admin_url() -> String {
     std::env::var("DEVIN_ETL_TEST_DATABASE_URL")
