@@ -784,7 +784,7 @@ impl FloorRows {
     fn push(&mut self, items: &[DecodedItem]) {
         let mut batch = Batch::new();
         for item in items {
-            normalize::stage(&mut batch, item);
+            normalize::stage(&mut batch, "bench", item);
         }
         self.sessions += batch.sessions() as u64;
         for (i, payload) in batch.copy_payloads().into_iter().enumerate() {

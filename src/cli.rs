@@ -44,12 +44,18 @@ pub enum Command {
         /// Also re-read everything updated since this time (RFC 3339 or Unix seconds).
         #[arg(long, conflicts_with_all = ["backfill", "reconcile"])]
         since: Option<String>,
+        /// The source to sync (overrides `sync.source`; each source has its own lock, watermark and sessions).
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Show the watermark and its lag, the backfill's state, recent runs and row counts.
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The source to show (overrides `sync.source`).
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Serve the built-in Devin API simulator (synthetic data) until stopped.
     Simulate {
@@ -67,6 +73,9 @@ pub enum Command {
     Demo {
         #[arg(long, default_value_t = 2_000)]
         sessions: usize,
+        /// Write into the configured database even when it is not the demo's own and already holds a warehouse.
+        #[arg(long)]
+        allow_any_database: bool,
     },
     /// Grant an existing role read-only access (usage + select) to the schema's tables and views, present and future.
     GrantReadonly {
@@ -81,6 +90,9 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::Migrate => {
             let store = Store::connect(&settings.database, 2).await?;
@@ -89,17 +101,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { backfill } => run_service(settings, backfill).await,
-        Command::Sync { backfill, reconcile, since } => {
+        Command::Sync { backfill, reconcile, since, source } => {
+            let settings = with_source(settings, source)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(crate::schedule::forward_signals(stop));
             let syncer = connect(settings).await?.with_shutdown(stopped);
             let since = since.map(|s| parse_time(&s)).transpose()?;
-            let Some(lock) = syncer.store().try_lock_source(syncer.source()).await? else {
-                anyhow::bail!(
-                    "another devin-etl process is syncing source {:?} right now; try again when it is done",
-                    syncer.source()
-                );
-            };
+            let lock = syncer.lock().await?;
+            let syncer = syncer.under(&lock);
             let result = match (backfill, reconcile) {
                 (true, _) => syncer.run_once(Mode::Backfill).await.map(drop),
                 (_, true) => syncer.run_once(Mode::Reconcile).await.map(drop),
@@ -108,7 +117,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lock.release().await;
             result
         }
-        Command::Status { json } => {
+        Command::Status { json, source } => {
+            let settings = with_source(settings, source)?;
             let store = Store::connect(&settings.database, 2).await?;
             store.migrate().await?;
             let status = crate::status::collect(&store, &settings.sync.source).await?;
@@ -131,7 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        Command::Demo { sessions } => demo::run(settings, sessions).await,
+        Command::Demo { sessions, allow_any_database } => demo::run(settings, sessions, allow_any_database).await,
         Command::GrantReadonly { role } => {
             let store = Store::connect(&settings.database, 2).await?;
             store.migrate().await?;
@@ -150,14 +160,20 @@ async fn run_service(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     tokio::spawn(crate::schedule::forward_signals(stop));
     let listen = settings.server.listen;
     let max_staleness = settings.server.max_staleness;
+    let max_run_duration = settings.server.max_run_duration;
     let syncer = connect(settings).await?.with_shutdown(stopped.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
     // A pool of its own, so a busy backfill cannot make /readyz time out waiting for a connection.
     let http_store = Store::connect(&syncer.settings().database, 2).await?;
-    let state =
-        crate::http::HttpState { store: http_store, source: syncer.source().to_owned(), max_staleness, metrics };
+    let state = crate::http::HttpState {
+        store: http_store,
+        source: syncer.source().to_owned(),
+        max_staleness,
+        max_run_duration,
+        metrics,
+    };
     let mut http_stop = stopped.clone();
     let http = tokio::spawn(crate::http::serve(listener, state, async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
@@ -181,6 +197,17 @@ pub async fn connect(settings: Settings) -> anyhow::Result<Syncer> {
     let store = Store::connect(&settings.database, pool_size).await?;
     store.migrate().await?;
     Ok(Syncer::new(settings, api, store))
+}
+
+/// `settings` with `--source NAME`, when given, as `sync.source`.
+fn with_source(mut settings: Settings, source: Option<String>) -> anyhow::Result<Settings> {
+    if let Some(source) = source {
+        if source.trim().is_empty() || source.len() > 100 {
+            anyhow::bail!("--source must be a non-empty name of at most 100 characters");
+        }
+        settings.sync.source = source;
+    }
+    Ok(settings)
 }
 
 /// RFC 3339 or Unix seconds.

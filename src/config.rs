@@ -41,6 +41,8 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: std::net::SocketAddr,
     pub max_staleness: Duration,
+    /// `/readyz` fails while a run has been going for longer than this.
+    pub max_run_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,11 @@ pub struct DatabaseSettings {
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// Server side: `statement_timeout` and `lock_timeout` of the sync's sessions.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    /// Client side: the longest any database operation (a statement, a batch's transaction) may take.
+    pub operation_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +88,8 @@ pub struct SyncSettings {
     pub enrichment_window: Duration,
     pub enrichment_batch: usize,
     pub shutdown_grace: Duration,
+    /// How far a new watermark may run ahead of the time elapsed since the last one (see `sync::clock`).
+    pub clock_tolerance: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +122,7 @@ struct RawSettings {
 struct RawServer {
     listen: String,
     max_staleness: String,
+    max_run_duration: String,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +150,9 @@ struct RawDatabase {
     schema: String,
     max_connections: i64,
     connect_timeout: String,
+    statement_timeout: String,
+    lock_timeout: String,
+    operation_timeout: String,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +169,7 @@ struct RawSync {
     enrichment_window: String,
     enrichment_batch: i64,
     shutdown_grace: String,
+    clock_tolerance: String,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +180,22 @@ struct RawLog {
 }
 
 impl Settings {
+    /// Settings that work but weaken a guarantee, for a warning at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let sync = &self.sync;
+        let mut warnings = Vec::new();
+        if sync.clock_tolerance > sync.lookback + sync.settle {
+            warnings.push(format!(
+                "sync.clock_tolerance ({}s) is more than sync.lookback + sync.settle ({}s): an API clock running ahead \
+                 by less than the tolerance but more than lookback + settle can make incremental runs skip updates \
+                 until a reconcile",
+                sync.clock_tolerance.as_secs(),
+                (sync.lookback + sync.settle).as_secs()
+            ));
+        }
+        warnings
+    }
+
     /// Loads defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Self::load_with_env(file, |name| std::env::var(name).ok())
@@ -196,14 +226,57 @@ impl Settings {
     }
 
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
-        Ok(Settings {
+        let settings = Settings {
             api: validate_api(raw.api)?,
             database: validate_database(raw.database)?,
             sync: validate_sync(raw.sync)?,
             server: validate_server(raw.server)?,
             log: validate_log(raw.log)?,
-        })
+        };
+        check_enrichment_url(&settings.api.base_url, settings.sync.enrichment_batch)?;
+        Ok(settings)
     }
+}
+
+/// The longest request URL we send: nginx's default request-line buffer (and many proxies' limit) is 8 KB.
+pub const MAX_REQUEST_URL_BYTES: usize = 8 * 1024;
+/// Worst-case lengths assumed for an enrichment request: ids are `devin-` and 32 hex digits today.
+const MAX_SESSION_ID_CHARS: usize = 64;
+const MAX_CURSOR_CHARS: usize = 128;
+
+/// Length of the longest enrichment request URL for `batch` ids, encoded as the API client encodes them.
+fn enrichment_url_len(base_url: &Url, batch: usize) -> usize {
+    let mut url = base_url.clone();
+    url.set_path(&format!("{}{}", base_url.path().trim_end_matches('/'), crate::api::client::INSIGHTS_PATH));
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("first", "200");
+        pairs.append_pair("after", &"c".repeat(MAX_CURSOR_CHARS));
+        let id = "f".repeat(MAX_SESSION_ID_CHARS);
+        for _ in 0..batch {
+            pairs.append_pair("session_ids", &id);
+        }
+    }
+    url.as_str().len()
+}
+
+/// An enrichment request carries its ids in the query: a batch whose URL proxies refuse could never succeed.
+fn check_enrichment_url(base_url: &Url, batch: usize) -> Result<(), ConfigError> {
+    let len = enrichment_url_len(base_url, batch);
+    if len <= MAX_REQUEST_URL_BYTES {
+        return Ok(());
+    }
+    let fixed = enrichment_url_len(base_url, 0);
+    let per_id = enrichment_url_len(base_url, 1) - fixed;
+    let fits = MAX_REQUEST_URL_BYTES.saturating_sub(fixed) / per_id;
+    Err(invalid(
+        "sync.enrichment_batch",
+        format!(
+            "{batch} session ids make request URLs of up to {len} bytes (ids of up to {MAX_SESSION_ID_CHARS} \
+             characters), more than the {MAX_REQUEST_URL_BYTES} that proxies commonly accept; use at most {fits} with \
+             this api.base_url"
+        ),
+    ))
 }
 
 fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
@@ -272,11 +345,26 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
             format!("{} is out of range; use 0 (auto) ..= 1000", raw.max_connections),
         ));
     }
+    let statement_timeout = positive_duration("database.statement_timeout", &raw.statement_timeout)?;
+    let operation_timeout = positive_duration("database.operation_timeout", &raw.operation_timeout)?;
+    // The server's own timeout should end a runaway statement first, with a clearer error than ours.
+    if operation_timeout <= statement_timeout {
+        return Err(invalid(
+            "database.operation_timeout",
+            format!(
+                "{} must be longer than database.statement_timeout ({}), so the server's timeout fires first",
+                raw.operation_timeout, raw.statement_timeout
+            ),
+        ));
+    }
     Ok(DatabaseSettings {
         url: raw.url,
         schema: raw.schema,
         max_connections: raw.max_connections as u32,
         connect_timeout: positive_duration("database.connect_timeout", &raw.connect_timeout)?,
+        statement_timeout,
+        lock_timeout: positive_duration("database.lock_timeout", &raw.lock_timeout)?,
+        operation_timeout,
     })
 }
 
@@ -308,15 +396,29 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
     if !(1..=200).contains(&raw.enrichment_batch) {
         return Err(invalid("sync.enrichment_batch", format!("{} is out of range; use 1..=200", raw.enrichment_batch)));
     }
+    let lookback = duration("sync.lookback", &raw.lookback)?;
+    let settle = duration("sync.settle", &raw.settle)?;
+    if lookback.is_zero() && settle.is_zero() {
+        return Err(invalid(
+            "sync.lookback",
+            "and sync.settle are both zero: a session updated in the second the watermark is taken, or committed late \
+             upstream, would be skipped for good; set sync.lookback to at least 1s (default 10m) or sync.settle above 0",
+        ));
+    }
+    // A watermark accepted up to `clock_tolerance` ahead of elapsed time is re-read next run only while the
+    // tolerance stays within lookback + settle; more is allowed (the guard is then weaker) and warned about by
+    // `Settings::warnings`.
+    let clock_tolerance = positive_duration("sync.clock_tolerance", &raw.clock_tolerance)?;
     Ok(SyncSettings {
+        clock_tolerance,
         schedule: parse_schedule("sync.schedule", &raw.schedule)?,
         reconcile_schedule: parse_schedule("sync.reconcile_schedule", &raw.reconcile_schedule)?,
         enrichment_window: duration("sync.enrichment_window", &raw.enrichment_window)?,
         enrichment_batch: raw.enrichment_batch as usize,
         shutdown_grace: positive_duration("sync.shutdown_grace", &raw.shutdown_grace)?,
         source: raw.source,
-        lookback: duration("sync.lookback", &raw.lookback)?,
-        settle: duration("sync.settle", &raw.settle)?,
+        lookback,
+        settle,
         backfill_start,
         backfill_window,
         backfill_concurrency,
@@ -327,7 +429,11 @@ fn validate_server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
     let listen = raw.listen.trim().parse().map_err(|e| {
         invalid("server.listen", format!("{:?} is not an address ({e}); use e.g. \"0.0.0.0:9187\"", raw.listen))
     })?;
-    Ok(ServerSettings { listen, max_staleness: positive_duration("server.max_staleness", &raw.max_staleness)? })
+    Ok(ServerSettings {
+        listen,
+        max_staleness: positive_duration("server.max_staleness", &raw.max_staleness)?,
+        max_run_duration: positive_duration("server.max_run_duration", &raw.max_run_duration)?,
+    })
 }
 
 /// Parses a cron expression: the standard 5 fields (minute first) or the cron crate's 6/7 (seconds first).
@@ -345,7 +451,12 @@ pub fn parse_schedule(key: &'static str, text: &str) -> Result<cron::Schedule, C
             ));
         }
     };
-    std::str::FromStr::from_str(&normalized).map_err(|e| invalid(key, format!("invalid cron expression {text:?}: {e}")))
+    let schedule: cron::Schedule = std::str::FromStr::from_str(&normalized)
+        .map_err(|e| invalid(key, format!("invalid cron expression {text:?}: {e}")))?;
+    if schedule.upcoming(Utc).next().is_none() {
+        return Err(invalid(key, format!("{text:?} has no future tick (a year in the past?); it would never run")));
+    }
+    Ok(schedule)
 }
 
 fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
@@ -532,5 +643,71 @@ mod tests {
         let err = Settings::load_with_env(Some(&path), no_env).unwrap_err().to_string();
         assert!(err.contains("page_sise"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Loads the defaults plus `body` as a config file (a file of its own per call).
+    fn load_toml(body: &str) -> Result<Settings, ConfigError> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "devin-etl-cfg-unusable-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("settings.toml");
+        std::fs::write(&path, body).unwrap();
+        let result = Settings::load_with_env(Some(&path), no_env);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn lookback_and_settle_both_zero_is_refused_naming_both() {
+        let err = load_toml("[sync]\nlookback = \"0s\"\nsettle = \"0ms\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("sync.lookback"), "{err}");
+        assert!(err.contains("sync.settle"), "{err}");
+        // Either one alone is fine.
+        let s = load_toml("[sync]\nlookback = \"0s\"\n").unwrap();
+        assert_eq!((s.sync.lookback, s.sync.settle), (Duration::ZERO, Duration::from_secs(30)));
+        let s = load_toml("[sync]\nsettle = \"0s\"\n").unwrap();
+        assert_eq!((s.sync.lookback, s.sync.settle), (Duration::from_secs(600), Duration::ZERO));
+    }
+
+    #[test]
+    fn an_enrichment_batch_whose_url_exceeds_8_kb_is_refused_with_the_batch_that_fits() {
+        let err = load_toml("[sync]\nenrichment_batch = 200\n").unwrap_err().to_string();
+        assert!(err.starts_with("sync.enrichment_batch: 200 session ids"), "{err}");
+        assert!(err.contains("8192"), "{err}");
+        let fits: usize =
+            err.rsplit("use at most ").next().unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        // devin- + 32 hex = 38 characters per id today; 64 are allowed for: about 100 ids fit in 8 KB.
+        assert!((80..=110).contains(&fits), "{err}");
+        let base = Url::parse("https://api.devin.ai").unwrap();
+        assert!(enrichment_url_len(&base, fits) <= MAX_REQUEST_URL_BYTES);
+        assert!(enrichment_url_len(&base, fits + 1) > MAX_REQUEST_URL_BYTES);
+        assert_eq!(load_toml(&format!("[sync]\nenrichment_batch = {fits}\n")).unwrap().sync.enrichment_batch, fits);
+        let err = load_toml(&format!("[sync]\nenrichment_batch = {}\n", fits + 1)).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("use at most {fits} with this api.base_url")), "{err}");
+        // A long base URL (a proxy's path prefix) leaves room for fewer ids.
+        let long = format!("https://proxy.example.com/{}", "p".repeat(2000));
+        let err = load_toml(&format!("[api]\nbase_url = \"{long}\"\n[sync]\nenrichment_batch = 90\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sync.enrichment_batch: 90"), "{err}");
+        // The default (50) fits.
+        assert_eq!(load_toml("").unwrap().sync.enrichment_batch, 50);
+    }
+
+    #[test]
+    fn a_cron_with_no_future_tick_is_refused_naming_the_key() {
+        let err = parse_schedule("sync.schedule", "0 0 0 1 1 * 2020").unwrap_err().to_string();
+        assert!(err.starts_with("sync.schedule:") && err.contains("no future tick"), "{err}");
+        let err = load_toml("[sync]\nreconcile_schedule = \"0 0 0 1 1 * 2020\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("sync.reconcile_schedule:") && err.contains("no future tick"), "{err}");
+        let err = load_toml("[sync]\nschedule = \"0 0 0 1 1 * 2020-2021\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("sync.schedule:"), "{err}");
+        // A schedule that ends in a future year is fine until then.
+        assert!(parse_schedule("sync.schedule", "0 0 0 1 1 * 2020-2099").is_ok());
     }
 }

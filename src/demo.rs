@@ -20,13 +20,18 @@ const BUILT_IN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/devin_et
 /// Where a throwaway cluster lives when no server runs.
 const LOCAL_CLUSTER_DIR: &str = ".demo-pg";
 
-pub async fn run(mut settings: Settings, sessions: usize) -> anyhow::Result<()> {
+/// Runs the demo. Unless `allow_any_database`, it refuses a database other than its own (`devin_etl_demo`) whose
+/// schema already holds a warehouse: 2,000 synthetic sessions and a moved watermark would pollute it.
+pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bool) -> anyhow::Result<()> {
     let demo_database = settings.database.url.expose_secret() == BUILT_IN_DATABASE_URL;
     if demo_database {
         settings.database.url = SecretString::from(DEMO_DATABASE_URL.to_owned());
     }
     let _cluster = ensure_server(&settings)?;
     store::create_database_if_missing(&settings.database).await?;
+    if !allow_any_database && !is_demo_database(&settings) {
+        refuse_a_warehouse(&settings).await?;
+    }
 
     let started = Instant::now();
     let sim = Simulator::new(SimulatorConfig { sessions, ..SimulatorConfig::default() });
@@ -59,6 +64,45 @@ pub async fn run(mut settings: Settings, sessions: usize) -> anyhow::Result<()> 
     print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)])
         .await?;
     server.shutdown().await;
+    Ok(())
+}
+
+/// Whether the configured database is the demo's own (`devin_etl_demo`, on whichever server).
+fn is_demo_database(settings: &Settings) -> bool {
+    let own = DEMO_DATABASE_URL.rsplit('/').next();
+    url::Url::parse(settings.database.url.expose_secret())
+        .is_ok_and(|u| u.path_segments().and_then(|mut s| s.next()) == own)
+}
+
+/// Fails when the configured schema already holds sessions or sync state: that database is someone's warehouse.
+async fn refuse_a_warehouse(settings: &Settings) -> anyhow::Result<()> {
+    let store = store::Store::connect(&settings.database, 1).await?;
+    let mut rows = 0;
+    for table in ["sessions", "sync_state"] {
+        // to_regclass follows search_path (the configured schema) and yields null for a missing table.
+        let exists: bool = sqlx::query_scalar(&format!("select to_regclass('{table}') is not null"))
+            .fetch_one(store.pool())
+            .await
+            .with_context(|| format!("looking for the table {table}"))?;
+        if exists {
+            let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                .fetch_one(store.pool())
+                .await
+                .with_context(|| format!("counting the rows of {table}"))?;
+            rows += n;
+        }
+    }
+    store.pool().close().await;
+    if rows > 0 {
+        anyhow::bail!(
+            "demo refused to write into {} (schema {}): it is not the demo's own database and already holds a \
+             warehouse ({rows} rows in sessions and sync_state); the demo would add synthetic sessions and move its \
+             watermark. Unset DATABASE_URL (and database.url) to use the demo's own database devin_etl_demo, or pass \
+             --allow-any-database to write there anyway",
+            store::redacted_target(&settings.database),
+            settings.database.schema
+        );
+    }
     Ok(())
 }
 

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub store: Store,
     pub source: String,
     pub max_staleness: Duration,
+    /// A run going for longer than this is reported as stuck.
+    pub max_run_duration: Duration,
     pub metrics: PrometheusHandle,
 }
 
@@ -94,6 +96,17 @@ async fn readiness(state: &HttpState) -> Result<String, String> {
     let Some(last) = last else {
         return Err(format!("no successful sync yet (source {})", state.source));
     };
+    let running =
+        within_timeout(store.oldest_running_run(&state.source)).await.map_err(|e| format!("database error: {e}"))?;
+    if let Some((run_id, mode, age)) = running
+        && age > state.max_run_duration
+    {
+        return Err(format!(
+            "{mode} run {run_id} has been running for {} (server.max_run_duration {}): it may be stuck",
+            human_duration(age),
+            human_duration(state.max_run_duration)
+        ));
+    }
     let ago = human_duration(last.age);
     let max = human_duration(state.max_staleness);
     if last.age > state.max_staleness {

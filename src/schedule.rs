@@ -79,7 +79,7 @@ async fn run_job(
     shutdown: &watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let lock = match syncer.store().try_lock_source(syncer.source()).await {
+    let held = match syncer.store().try_lock_source(syncer.source()).await {
         Ok(Some(lock)) => lock,
         Ok(None) => {
             tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
@@ -90,6 +90,7 @@ async fn run_job(
             return;
         }
     };
+    let syncer = &syncer.under(&held);
     let work = async {
         match job {
             Job::Backfill => {
@@ -119,30 +120,73 @@ async fn run_job(
             tracing::warn!(grace_secs = grace.as_secs(), "the run did not stop within the shutdown grace period; abandoning it (its open transaction rolls back)");
         }
     }
-    lock.release().await;
+    held.release().await;
 }
 
-/// Resolves when SIGTERM or SIGINT arrives, then sets `stop` to true.
+/// Sets `stop` to true when SIGTERM or SIGINT arrives, so the current batch commits or rolls back and the run
+/// stops. A second signal means the operator will not wait: the process exits at once (130 after SIGINT, 143 after
+/// SIGTERM); the open transaction rolls back and the lock's connection closes with the process.
 pub async fn forward_signals(stop: watch::Sender<bool>) {
-    let terminate = async {
+    let mut signals = Signals::new();
+    let first = signals.next().await;
+    tracing::info!("{first} received: finishing the current batch, then exiting (send it again to exit at once)");
+    let _ = stop.send(true);
+    let second = signals.next().await;
+    tracing::warn!(
+        "second signal ({second}) received: exiting now without waiting for the run; nothing half-written is kept"
+    );
+    std::process::exit(if second == "SIGTERM" { 143 } else { 130 });
+}
+
+/// SIGINT and SIGTERM, listened to for the life of the process so that no repeat is missed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
         #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind).map_err(|e| tracing::warn!(error = %e, "cannot listen for {name}")).ok()
+            };
+            Signals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
         #[cfg(not(unix))]
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: finishing the current batch, then exiting"),
-        () = terminate => tracing::info!("SIGTERM received: finishing the current batch, then exiting"),
+        Signals {}
     }
-    let _ = stop.send(true);
+
+    /// The name of the next signal.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                if let Some(s) = signal
+                    && s.recv().await.is_some()
+                {
+                    return;
+                }
+                // Not listening (or the runtime is going away): this one never fires.
+                std::future::pending().await
+            }
+            tokio::select! {
+                () = recv(&mut self.interrupt) => "SIGINT",
+                () = recv(&mut self.terminate) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 #[cfg(test)]

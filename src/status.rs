@@ -16,8 +16,19 @@ pub struct Status {
     /// Seconds between the watermark and now (local clock).
     pub lag_seconds: Option<i64>,
     pub backfill: &'static str,
+    /// The last time the API's clock disagreed with elapsed time, if ever.
+    pub clock_anomaly: Option<ClockAnomaly>,
+    /// Sessions this source delivered: live, and marked deleted by a reconcile.
+    pub live_sessions: i64,
+    pub deleted_sessions: i64,
     pub runs: Vec<RunRow>,
     pub tables: Vec<TableCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClockAnomaly {
+    pub at: DateTime<Utc>,
+    pub what: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +44,7 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
         Some(s) if s.completed => "completed",
         Some(_) => "in progress (resumes on the next `sync --backfill` or `run --backfill`)",
     };
+    let (live_sessions, deleted_sessions) = store.source_session_counts(source).await?;
     Ok(Status {
         source: source.to_owned(),
         schema: store.schema().to_owned(),
@@ -40,6 +52,9 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
         watermark_time: watermark.and_then(|w| DateTime::from_timestamp(w, 0)),
         lag_seconds: watermark.map(|w| Utc::now().timestamp() - w),
         backfill,
+        clock_anomaly: store.clock_anomaly(source).await?.map(|(what, at)| ClockAnomaly { at, what }),
+        live_sessions,
+        deleted_sessions,
         runs: store.recent_runs(source, 10).await?,
         tables: store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect(),
     })
@@ -55,9 +70,17 @@ pub fn render(s: &Status) -> String {
         _ => "none yet (no walk has completed)".to_owned(),
     };
     out.push_str(&format!(
-        "source:    {} (schema {})\nwatermark: {watermark}\nbackfill:  {}\n\n",
-        s.source, s.schema, s.backfill
+        "source:    {} (schema {})\nwatermark: {watermark}\nbackfill:  {}\nsessions:  {} live, {} marked deleted\n",
+        s.source, s.schema, s.backfill, s.live_sessions, s.deleted_sessions
     ));
+    if let Some(a) = &s.clock_anomaly {
+        out.push_str(&format!(
+            "clock:     last clock anomaly at {}: {}\n",
+            a.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            a.what
+        ));
+    }
+    out.push('\n');
     out.push_str(&format!(
         "{:>6}  {:<11} {:<9} {:<20} {:>9} {:>6} {:>9} {:>8} {:>7}\n",
         "run", "mode", "status", "started (UTC)", "duration", "pages", "sessions", "requests", "retries"

@@ -178,11 +178,11 @@ async fn insert(pool: &PgPool, sessions: &[Session]) {
         sqlx::query(
             "insert into sessions (session_id, org_id, user_id, service_user_id, title, url, status, origin, category,
                  subcategory, session_size, acus_consumed, num_user_messages, num_devin_messages, is_archived, tags,
-                 created_at, updated_at, has_analysis, raw, deleted_at)
+                 created_at, updated_at, has_analysis, raw, deleted_at, source)
              values ($1, $2, $3, $4, 'title of ' || $1, 'https://app.devin.ai/sessions/' || $1, 'exit', $5, $6,
                  case when $6::text is null then null else 'Other' end, 's', $7, $8, $9, false, '{}',
                  $10::text::timestamptz, $10::text::timestamptz, $11, '{}'::jsonb,
-                 case when $12 then now() end)",
+                 case when $12 then now() end, 'devin')",
         )
         .bind(s.id)
         .bind(s.org)

@@ -29,7 +29,7 @@ fn decode_all(bytes: &[u8]) -> Option<usize> {
             let mut batch = Batch::new();
             for item in &items {
                 assert!(serde_json::from_str::<Value>(&item.raw).is_ok(), "raw stays valid JSON");
-                stage(&mut batch, item);
+                stage(&mut batch, "devin", item);
             }
             assert_eq!(batch.sessions(), items.len(), "one sessions row per item");
             dedupe(&mut items);

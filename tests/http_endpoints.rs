@@ -31,6 +31,7 @@ impl Served {
             store,
             source: source.to_owned(),
             max_staleness,
+            max_run_duration: Duration::from_secs(3600),
             metrics: install_metrics().expect("metrics recorder"),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -223,6 +224,28 @@ async fn readyz_waits_for_a_successful_sync_and_reports_staleness() {
 
     let (status, _, body) = served.get("/readyz").await;
     assert_eq!(status, 200, "the second run is fresh: {body}");
+
+    // A run that has been going for far longer than server.max_run_duration (3h > 1h) is reported as stuck.
+    let stuck: i64 = sqlx::query_scalar(
+        "insert into sync_runs (source, mode, status, started_at) \
+         values ('devin', 'reconcile', 'running', now() - interval '3 hours') returning run_id",
+    )
+    .fetch_one(app.store().pool())
+    .await
+    .unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body.trim(),
+        format!(
+            "not ready: reconcile run {stuck} has been running for 3h (server.max_run_duration 1h): it may be stuck"
+        )
+    );
+    // The next run closes it (its process is gone: it held no lock), and readiness comes back.
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+
     let (status, _, _) = served.get("/no-such-endpoint").await;
     assert_eq!(status, 404);
     served.stop().await;

@@ -47,6 +47,8 @@ pub struct Page {
     pub total: Option<i64>,
     /// The server's clock (HTTP `Date`), Unix seconds, when the response carried one.
     pub server_time: Option<i64>,
+    /// When the response's headers arrived (the moment its `Date` describes), on our monotonic clock.
+    pub received_at: std::time::Instant,
     /// `path?query` of the request, for messages.
     pub request: String,
 }
@@ -232,6 +234,7 @@ impl ApiClient {
             .await
             .inspect_err(|_| metrics::counter!("devin_etl_api_requests_total", "status" => "error").increment(1))
             .map_err(transport)?;
+        let received_at = std::time::Instant::now();
         let status = response.status();
         metrics::counter!("devin_etl_api_requests_total", "status" => status.as_str().to_owned()).increment(1);
         let headers = response.headers().clone();
@@ -266,6 +269,7 @@ impl ApiClient {
             has_next_page: envelope.has_next_page,
             total: envelope.total,
             server_time,
+            received_at,
             request: request.to_owned(),
         })
     }

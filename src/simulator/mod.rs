@@ -103,6 +103,9 @@ pub enum Fault {
     MalformedItem,
     /// `200` with the complete body `{"items": [` (a JSON syntax error).
     InvalidJson,
+    /// A normal page whose `Date` header is this many seconds off the simulator's clock (one API node with a
+    /// wrong clock).
+    SkewedDate(i64),
 }
 
 impl Fault {
@@ -116,6 +119,7 @@ impl Fault {
             Fault::DropConnection => "drop_connection".to_owned(),
             Fault::MalformedItem => "malformed_item".to_owned(),
             Fault::InvalidJson => "invalid_json".to_owned(),
+            Fault::SkewedDate(_) => "skewed_date".to_owned(),
         }
     }
 }

@@ -334,7 +334,7 @@ async fn list(sim: &Simulator, req: &Request) -> Reply {
             recorded_status = 200;
             items = 0;
         }
-        Some(Fault::Slow(_) | Fault::MalformedItem) | None => {}
+        Some(Fault::Slow(_) | Fault::MalformedItem | Fault::SkewedDate(_)) | None => {}
     }
     sim.record(RequestRecord {
         path_and_query: req.target.clone(),
@@ -346,7 +346,8 @@ async fn list(sim: &Simulator, req: &Request) -> Reply {
         tokio::time::sleep(d).await;
     }
     // Stamped when the response leaves, like a real server (after a slow fault's delay).
-    reply.date = if switches.omit_date { None } else { Some(sim.now()) };
+    let skew = if let Some(Fault::SkewedDate(s)) = fault { s } else { 0 };
+    reply.date = if switches.omit_date { None } else { Some(sim.now() + skew) };
     reply
 }
 

@@ -77,6 +77,22 @@ impl Store {
         Ok(compare(&applied))
     }
 
+    /// The run of `source` that has been `running` the longest: id, mode and age. (A run left `running` by a
+    /// dead process counts too, until the next run closes it: either way nothing is syncing.)
+    pub async fn oldest_running_run(&self, source: &str) -> anyhow::Result<Option<(i64, String, Duration)>> {
+        let row: Option<(i64, String, f64)> = sqlx::query_as(
+            "select run_id, mode, extract(epoch from now() - started_at)::float8 from sync_runs
+             where source = $1 and status = 'running' order by started_at limit 1",
+        )
+        .bind(source)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading running runs from sync_runs")?;
+        Ok(row.map(|(id, mode, age)| {
+            (id, mode, Duration::from_secs_f64(if age.is_finite() { age.max(0.0) } else { 0.0 }))
+        }))
+    }
+
     /// When the last successful run of `source` (any mode) finished, and how long ago.
     pub async fn last_success(&self, source: &str) -> anyhow::Result<Option<LastSuccess>> {
         let row: (Option<DateTime<Utc>>, Option<f64>) = sqlx::query_as(

@@ -18,7 +18,7 @@ use sqlx::{Postgres, Transaction};
 use super::Store;
 use super::columns::{Column, ColumnBuffer};
 use super::rows::Batch;
-use super::state;
+use super::state::{self, WatermarkUpdate};
 
 /// A column as sent: `(name, array element type of the parameter, expression that converts it)`.
 type ColumnSpec = (&'static str, &'static str, &'static str);
@@ -56,6 +56,7 @@ const SESSION_COLUMNS: &[ColumnSpec] = &[
     ("suggested_prompt_original", "text", "suggested_prompt_original"),
     ("suggested_prompt", "text", "suggested_prompt"),
     ("raw", "text", "raw::jsonb"),
+    ("source", "text", "source"),
 ];
 
 /// Child tables with their columns in push order; `session_id` always comes first.
@@ -246,10 +247,10 @@ fn bind_columns<'q>(
 }
 
 /// Progress that commits together with a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Checkpoint {
-    /// The walk is complete: move the source's watermark (forward only) to this server time.
-    Watermark { source: String, value: i64 },
+    /// The walk is complete: set the source's watermark as `sync::clock` decided.
+    Watermark { source: String, update: WatermarkUpdate },
     /// A backfill window is fully loaded.
     WindowDone { source: String, created_after: i64, created_before: i64, sessions: i64 },
     /// A reconcile run saw these sessions.
@@ -282,20 +283,29 @@ impl WriteStats {
 const MAX_TRANSACTION_ATTEMPTS: u32 = 4;
 
 impl Store {
-    /// Writes `batch` and `checkpoints` in one transaction; a concurrent writer's deadlock is retried.
+    /// Writes `batch` (sessions of `source`) and `checkpoints` in one transaction; a concurrent writer's deadlock
+    /// and a lost connection are retried. On a fenced store the transaction first proves the run owns the source.
     #[tracing::instrument(level = "debug", skip_all, fields(sessions = batch.sessions()))]
-    pub async fn write_batch(&self, batch: &Batch, checkpoints: &[Checkpoint]) -> anyhow::Result<WriteStats> {
+    pub async fn write_batch(
+        &self,
+        source: &str,
+        batch: &Batch,
+        checkpoints: &[Checkpoint],
+    ) -> anyhow::Result<WriteStats> {
+        // Registered for its whole life: the lock is not released while it can still commit.
+        let _writer = self.fence().map(|f| f.writer());
         let mut attempt = 0;
         let mut allow_copy = true;
         loop {
             attempt += 1;
-            let result = async {
-                let mut tx = self.pool.begin().await.context("cannot start a transaction")?;
-                let stats = write_in(&mut tx, batch, checkpoints, allow_copy).await?;
-                tx.commit().await.context("commit failed")?;
-                anyhow::Ok(stats)
-            }
-            .await;
+            let result = self
+                .bounded("writing a batch", async {
+                    let mut tx = self.begin().await?;
+                    let stats = write_in(&mut tx, source, batch, checkpoints, allow_copy).await?;
+                    tx.commit().await.context("commit failed")?;
+                    anyhow::Ok(stats)
+                })
+                .await;
             match result {
                 Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_transient_conflict(&e) => {
                     tracing::warn!(error = %e, attempt, "transaction conflict; retrying the batch");
@@ -346,12 +356,17 @@ fn has_sqlstate(e: &anyhow::Error, state: &str) -> bool {
 
 async fn write_in(
     tx: &mut Transaction<'_, Postgres>,
+    source: &str,
     batch: &Batch,
     checkpoints: &[Checkpoint],
     allow_copy: bool,
 ) -> anyhow::Result<WriteStats> {
     let mut stats = WriteStats::default();
-    if allow_copy && !batch.sessions.is_empty() && none_exist(tx, batch).await? {
+    let existing = if batch.sessions.is_empty() { Existing::None } else { existing(tx, source, batch).await? };
+    if let Existing::Foreign { session_id, owner } = existing {
+        return Err(ForeignSession { session_id, owner, arriving: source.to_owned() }.into());
+    }
+    if allow_copy && existing == Existing::None && !batch.sessions.is_empty() {
         copy_new_sessions(tx, batch, &mut stats).await?;
     } else if !batch.sessions.is_empty() {
         let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), &batch.sessions)
@@ -403,15 +418,49 @@ async fn write_in(
     Ok(stats)
 }
 
-/// Whether none of the batch's sessions is in the warehouse yet (a backfill into an empty one, new sessions).
-async fn none_exist(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow::Result<bool> {
+/// A session arrived from one source that the warehouse holds from another. Moving it silently would let two
+/// sources' reconciles fight over it; two enterprises sharing a session id means a misconfiguration.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "session {session_id} arrived from source {arriving:?}, but the warehouse holds it from source {owner:?}; a \
+     session belongs to one source, so nothing of this batch is written (check that the two sources are really \
+     different enterprises, each with its own sync.source)"
+)]
+pub struct ForeignSession {
+    pub session_id: String,
+    pub owner: String,
+    pub arriving: String,
+}
+
+/// Which of the batch's sessions the warehouse holds already.
+#[derive(Debug, PartialEq, Eq)]
+enum Existing {
+    /// None (a backfill into an empty warehouse, new sessions): the COPY path may be used.
+    None,
+    Some,
+    /// One is held by another source.
+    Foreign {
+        session_id: String,
+        owner: String,
+    },
+}
+
+async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batch) -> anyhow::Result<Existing> {
     let ids = batch.sessions.text_column(0);
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from sessions where session_id = any($1))")
-        .bind(ids)
-        .fetch_one(&mut **tx)
-        .await
-        .context("checking which sessions of the batch exist")?;
-    Ok(!exists)
+    let (any, foreign): (bool, Option<Vec<String>>) = sqlx::query_as(
+        "select exists (select 1 from sessions where session_id = any($1)),
+                (select array[session_id, source] from sessions where session_id = any($1) and source <> $2 limit 1)",
+    )
+    .bind(ids)
+    .bind(source)
+    .fetch_one(&mut **tx)
+    .await
+    .context("checking which sessions of the batch exist")?;
+    Ok(match foreign.as_deref() {
+        Some([session_id, owner]) => Existing::Foreign { session_id: session_id.clone(), owner: owner.clone() },
+        _ if any => Existing::Some,
+        _ => Existing::None,
+    })
 }
 
 /// The fast path for sessions that do not exist yet: COPY straight into the tables, about twice as fast as

@@ -6,45 +6,78 @@
 mod columns;
 mod grants;
 pub mod health;
+mod keepalive;
 mod load;
 mod lock;
 mod rows;
 mod state;
 
+use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use load::{Checkpoint, CopyPayload, WriteStats};
-pub use lock::SourceLock;
+pub use lock::{Fence, LostLock, SourceBusy, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, RunRecord, RunRow, RunStatus};
+pub use state::{BackfillState, RunRecord, RunRow, RunStatus, WatermarkState, WatermarkUpdate};
 
 use crate::config::DatabaseSettings;
 
 /// Migrations embedded at compile time. `Migrator::run` takes an advisory lock, so replicas starting
-/// together apply them once.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// together apply them once. Applied versions this binary does not know (a newer release migrated the database:
+/// a rollback, or old replicas during a rolling update) are ignored rather than refused, since migrations are
+/// additive only; [`Store::migrate`] logs them.
+pub static MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate::Migrator { ignore_missing: true, ..sqlx::migrate!("./migrations") };
 
 /// Handle to the warehouse. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: PgPool,
     schema: String,
     /// For dedicated connections (the advisory lock) outside the pool.
     connect_options: PgConnectOptions,
+    /// Client-side bound on every database operation: a server that vanished behind a half-open connection
+    /// must fail the run, not hang it.
+    operation_timeout: Duration,
+    /// The server's addresses, to find our sockets for TCP keepalive (see `keepalive.rs`).
+    keepalive_peers: Arc<[SocketAddr]>,
+    /// Set on the store of a run that holds its source's lock: every transaction checks it first.
+    fence: Option<Fence>,
+}
+
+/// Shows where the warehouse is, never the credentials: `PgConnectOptions`' own `Debug` prints the password.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.connect_options;
+        let target = format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or_default());
+        f.debug_struct("Store").field("target", &target).field("schema", &self.schema).finish_non_exhaustive()
+    }
 }
 
 impl Store {
     /// Connects a pool of `max_connections` (at least 2) to the configured database and schema.
     pub async fn connect(settings: &DatabaseSettings, max_connections: u32) -> anyhow::Result<Store> {
         let options = connect_options(settings)?;
+        let keepalive_peers: Arc<[SocketAddr]> =
+            keepalive::resolve(options.get_host(), options.get_port()).await.into();
+        let peers = keepalive_peers.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(settings.connect_timeout)
+            .after_connect(move |_, _| {
+                let peers = peers.clone();
+                Box::pin(async move {
+                    keepalive::apply(&peers);
+                    Ok(())
+                })
+            })
             .connect_with(options.clone())
             .await
             .with_context(|| {
@@ -53,7 +86,14 @@ impl Store {
                     redacted_target(settings)
                 )
             })?;
-        Ok(Store { pool, schema: settings.schema.clone(), connect_options: options })
+        Ok(Store {
+            pool,
+            schema: settings.schema.clone(),
+            connect_options: options,
+            operation_timeout: settings.operation_timeout,
+            keepalive_peers,
+            fence: None,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -64,6 +104,40 @@ impl Store {
         &self.schema
     }
 
+    /// This store for a run that holds `fence`'s lock: each of its transactions proves the run still owns the
+    /// source before writing.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store { fence: Some(fence), ..self.clone() }
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// Starts a transaction and, on a fenced store, proves the run still owns its source.
+    pub async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await.context(
+            "cannot get a working connection to PostgreSQL within database.connect_timeout: the server or the \
+             network to it is down or stuck",
+        )?;
+        if let Some(fence) = &self.fence {
+            fence.check(&mut tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// `operation`, or an error once it has taken longer than `database.operation_timeout`.
+    pub async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(self.operation_timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.operation_timeout }.into()),
+        }
+    }
+
     /// Creates the schema if needed and applies pending migrations.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         // The schema name was validated as a plain identifier at config load; it cannot be bound as a parameter.
@@ -71,8 +145,30 @@ impl Store {
             .execute(&self.pool)
             .await
             .with_context(|| format!("cannot create schema {}", self.schema))?;
-        MIGRATOR.run(&self.pool).await.with_context(|| format!("migrating schema {} failed", self.schema))?;
+        // A connection of its own without the sync's statement and lock timeouts: building an index on a large
+        // table may take minutes, and replicas starting together wait for each other's migrations.
+        let unbounded = self.connect_options.clone().options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+        let mut conn = PgConnection::connect_with(&unbounded).await.context("connecting to apply migrations")?;
+        let migrated = MIGRATOR.run(&mut conn).await;
+        conn.close().await.ok();
+        migrated.with_context(|| format!("migrating schema {} failed", self.schema))?;
+        self.log_unknown_migrations().await;
         Ok(())
+    }
+
+    /// Warns about applied migrations this binary does not know: a newer release migrated the schema (additive
+    /// only, so this binary keeps working on it).
+    async fn log_unknown_migrations(&self) {
+        match self.migration_status().await {
+            Ok(status) if !status.unknown.is_empty() => tracing::warn!(
+                schema = %self.schema,
+                unknown_versions = ?status.unknown,
+                "the schema has migrations this binary does not know (a newer release applied them); running on it, \
+                 since migrations are additive only"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot compare the applied migrations with ours"),
+        }
     }
 
     /// Refreshes the planner's statistics of the session tables. After a bulk load, autovacuum may take a
@@ -115,12 +211,35 @@ pub const TABLES: &[&str] = &[
     "sync_runs",
 ];
 
+/// PostgreSQL did not answer within `database.operation_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PostgreSQL did not answer {what} within {}s (database.operation_timeout): the server or the network to it is \
+     gone or stuck; the run stops here and the next one starts over from what was committed",
+    after.as_secs()
+)]
+pub struct DatabaseTimeout {
+    pub what: String,
+    pub after: Duration,
+}
+
 fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(settings.url.expose_secret())
         .context("database.url is not a valid PostgreSQL URL (check DATABASE_URL)")?;
+    let millis = |d: Duration| format!("{}ms", d.as_millis());
     Ok(options
         .application_name("devin-etl")
-        .options([("search_path", settings.schema.as_str())])
+        .options([
+            ("search_path", settings.schema.clone()),
+            // The server ends a statement or a lock wait that runs away, before the client-side timeout fires.
+            ("statement_timeout", millis(settings.statement_timeout)),
+            ("lock_timeout", millis(settings.lock_timeout)),
+            // The server probes an idle client too, so a lock held by a vanished process is freed in about a
+            // minute rather than the system's default two hours.
+            ("tcp_keepalives_idle", "30".to_owned()),
+            ("tcp_keepalives_interval", "10".to_owned()),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 

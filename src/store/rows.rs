@@ -36,6 +36,8 @@ pub struct SessionRow<'a> {
     pub suggested_prompt_original: Option<&'a str>,
     pub suggested_prompt: Option<&'a str>,
     pub raw: &'a str,
+    /// The source that delivered it (`sync.source`).
+    pub source: &'a str,
 }
 
 #[derive(Debug)]
@@ -189,6 +191,7 @@ impl Batch {
             .opt_text(r.suggested_prompt_original)
             .opt_text(r.suggested_prompt)
             .text(r.raw)
+            .text(r.source)
             .end_row();
     }
 

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures_util::TryFutureExt as _;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
@@ -14,18 +16,7 @@ pub(super) async fn apply_checkpoint(
     checkpoint: &Checkpoint,
 ) -> anyhow::Result<()> {
     match checkpoint {
-        Checkpoint::Watermark { source, value } => {
-            sqlx::query(
-                "insert into sync_state (source, watermark) values ($1, $2)
-                 on conflict (source) do update
-                 set watermark = greatest(sync_state.watermark, excluded.watermark), updated_at = now()",
-            )
-            .bind(source)
-            .bind(value)
-            .execute(&mut **tx)
-            .await
-            .context("advancing the watermark in sync_state")?;
-        }
+        Checkpoint::Watermark { source, update } => set_watermark(tx, source, update).await?,
         Checkpoint::WindowDone { source, created_after, created_before, sessions } => {
             sqlx::query(
                 "insert into sync_backfill_windows (source, created_after, created_before, sessions)
@@ -56,12 +47,57 @@ pub(super) async fn apply_checkpoint(
     Ok(())
 }
 
+/// A new watermark, decided by `sync::clock` (which also says when it may move back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkUpdate {
+    pub value: i64,
+    /// Database time (Unix seconds) at which the server time behind `value` was observed.
+    pub observed_at: f64,
+    /// What was wrong with the API's clock, when its time was not taken as is.
+    pub anomaly: Option<String>,
+}
+
+/// The watermark and when it was observed, for `sync::clock`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatermarkState {
+    pub watermark: i64,
+    pub observed_at: Option<f64>,
+}
+
+/// Sets the source's watermark as decided (runs of a source never overlap: they are fenced), recording a clock
+/// anomaly if there was one.
+async fn set_watermark(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &str,
+    update: &WatermarkUpdate,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into sync_state (source, watermark, watermark_observed_at, clock_anomaly, clock_anomaly_at)
+         values ($1, $2, to_timestamp($3), $4, case when $4::text is not null then now() end)
+         on conflict (source) do update
+         set watermark = excluded.watermark, watermark_observed_at = excluded.watermark_observed_at,
+             clock_anomaly = coalesce(excluded.clock_anomaly, sync_state.clock_anomaly),
+             clock_anomaly_at = coalesce(excluded.clock_anomaly_at, sync_state.clock_anomaly_at),
+             updated_at = now()",
+    )
+    .bind(source)
+    .bind(update.value)
+    .bind(update.observed_at)
+    .bind(update.anomaly.as_deref())
+    .execute(&mut **tx)
+    .await
+    .context("setting the watermark in sync_state")?;
+    Ok(())
+}
+
 /// The state of a source's backfill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackfillState {
     /// Server time when the backfill began: the plan's end and the watermark it sets when done.
     pub server_start: i64,
     pub completed: bool,
+    /// Database time (Unix seconds) when it began: when `server_start` was observed.
+    pub started_at: f64,
 }
 
 /// A row of `sync_runs`, for `status`.
@@ -111,28 +147,72 @@ pub struct RunRecord {
 impl Store {
     /// The source's watermark (server Unix seconds), if any walk ever completed.
     pub async fn watermark(&self, source: &str) -> anyhow::Result<Option<i64>> {
-        let w: Option<Option<i64>> = sqlx::query_scalar("select watermark from sync_state where source = $1")
-            .bind(source)
-            .fetch_optional(&self.pool)
+        Ok(self.watermark_state(source).await?.map(|w| w.watermark))
+    }
+
+    /// The watermark with the database time it was observed at.
+    pub async fn watermark_state(&self, source: &str) -> anyhow::Result<Option<WatermarkState>> {
+        let row: Option<(Option<i64>, Option<f64>)> = self
+            .bounded(
+                "reading the watermark",
+                sqlx::query_as(
+                    "select watermark, extract(epoch from watermark_observed_at)::float8 from sync_state
+                     where source = $1",
+                )
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .map_err(anyhow::Error::from),
+            )
             .await
             .context("reading the watermark from sync_state")?;
-        Ok(w.flatten())
+        Ok(row.and_then(|(w, observed_at)| w.map(|watermark| WatermarkState { watermark, observed_at })))
+    }
+
+    /// Sessions `source` delivered: (live, marked deleted).
+    pub async fn source_session_counts(&self, source: &str) -> anyhow::Result<(i64, i64)> {
+        sqlx::query_as(
+            "select count(*) filter (where deleted_at is null), count(*) filter (where deleted_at is not null)
+             from sessions where source = $1",
+        )
+        .bind(source)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting the source's sessions")
+    }
+
+    /// The last clock anomaly of the source and when it was seen, if any.
+    pub async fn clock_anomaly(&self, source: &str) -> anyhow::Result<Option<(String, DateTime<Utc>)>> {
+        let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
+            sqlx::query_as("select clock_anomaly, clock_anomaly_at from sync_state where source = $1")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await
+                .context("reading the last clock anomaly from sync_state")?;
+        Ok(row.and_then(|(what, at)| what.zip(at)))
     }
 
     pub async fn backfill_state(&self, source: &str) -> anyhow::Result<Option<BackfillState>> {
-        let row: Option<(Option<i64>, bool)> = sqlx::query_as(
-            "select backfill_server_start, backfill_completed_at is not null from sync_state where source = $1",
+        let row: Option<(Option<i64>, bool, Option<f64>)> = sqlx::query_as(
+            "select backfill_server_start, backfill_completed_at is not null,
+                    extract(epoch from backfill_started_at)::float8
+             from sync_state where source = $1",
         )
         .bind(source)
         .fetch_optional(&self.pool)
         .await
         .context("reading backfill state from sync_state")?;
-        Ok(row.and_then(|(start, completed)| start.map(|server_start| BackfillState { server_start, completed })))
+        Ok(row.and_then(|(start, completed, started_at)| {
+            start.map(|server_start| BackfillState { server_start, completed, started_at: started_at.unwrap_or(0.0) })
+        }))
     }
 
     /// Starts a new backfill plan ending at `server_start`, forgetting the windows of an earlier one.
     pub async fn begin_backfill(&self, source: &str, server_start: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        self.bounded("recording the start of a backfill", self.begin_backfill_inner(source, server_start)).await
+    }
+
+    async fn begin_backfill_inner(&self, source: &str, server_start: i64) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("delete from sync_backfill_windows where source = $1").bind(source).execute(&mut *tx).await?;
         sqlx::query(
             "insert into sync_state (source, backfill_server_start, backfill_started_at, backfill_completed_at)
@@ -159,32 +239,40 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Marks the backfill complete and moves the watermark (forward only) to its server start time.
-    pub async fn complete_backfill(&self, source: &str, watermark: i64) -> anyhow::Result<()> {
-        sqlx::query(
-            "update sync_state set backfill_completed_at = now(), updated_at = now(),
-                 watermark = greatest(watermark, $2)
-             where source = $1",
-        )
-        .bind(source)
-        .bind(watermark)
-        .execute(&self.pool)
+    /// Marks the backfill complete and sets the watermark it decided (from its server start time).
+    pub async fn complete_backfill(&self, source: &str, watermark: Option<&WatermarkUpdate>) -> anyhow::Result<()> {
+        self.bounded("marking the backfill complete", async {
+            let mut tx = self.begin().await?;
+            if let Some(update) = watermark {
+                set_watermark(&mut tx, source, update).await?;
+            }
+            sqlx::query("update sync_state set backfill_completed_at = now(), updated_at = now() where source = $1")
+                .bind(source)
+                .execute(&mut *tx)
+                .await
+                .context("marking the backfill complete in sync_state")?;
+            tx.commit().await.context("committing the end of the backfill")?;
+            Ok(())
+        })
         .await
-        .context("marking the backfill complete in sync_state")?;
-        Ok(())
     }
 
     /// Ends a complete reconcile walk: sessions not seen are marked deleted (soft), unless that would be more
     /// than `max_fraction` of the live ones — then nothing is marked and an error says why.
     /// Returns how many were marked.
-    pub async fn finish_reconcile(&self, run_id: i64, max_fraction: f64) -> anyhow::Result<u64> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn finish_reconcile(&self, source: &str, run_id: i64, max_fraction: f64) -> anyhow::Result<u64> {
+        self.bounded("marking sessions deleted", self.finish_reconcile_inner(source, run_id, max_fraction)).await
+    }
+
+    async fn finish_reconcile_inner(&self, source: &str, run_id: i64, max_fraction: f64) -> anyhow::Result<u64> {
+        let mut tx = self.begin().await?;
         let (live, missing): (i64, i64) = sqlx::query_as(
             "select count(*), count(*) filter (where not exists (
                  select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id))
-             from sessions s where s.deleted_at is null",
+             from sessions s where s.deleted_at is null and s.source = $2",
         )
         .bind(run_id)
+        .bind(source)
         .fetch_one(&mut *tx)
         .await
         .context("counting sessions the reconcile did not see")?;
@@ -198,10 +286,11 @@ impl Store {
         }
         let marked = sqlx::query(
             "update sessions s set deleted_at = now()
-             where s.deleted_at is null and not exists (
+             where s.deleted_at is null and s.source = $2 and not exists (
                  select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id)",
         )
         .bind(run_id)
+        .bind(source)
         .execute(&mut *tx)
         .await
         .context("marking sessions deleted")?
@@ -211,24 +300,36 @@ impl Store {
         Ok(marked)
     }
 
-    /// Removes what earlier (crashed or failed) reconcile runs left in their scratch table.
-    pub async fn clear_reconcile_scratch(&self) -> anyhow::Result<()> {
-        sqlx::query("delete from sync_reconcile_seen")
-            .execute(&self.pool)
+    /// Removes what earlier reconcile runs of `source` that are over (crashed, failed, lost their lock) left in
+    /// the scratch table. A run that is still `running` keeps its rows: a run's scratch is only ever its own.
+    pub async fn clear_reconcile_scratch(&self, source: &str) -> anyhow::Result<()> {
+        self.bounded("clearing old reconcile scratch", async {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "delete from sync_reconcile_seen where run_id in (
+                     select run_id from sync_runs where source = $1 and mode = 'reconcile' and status <> 'running')",
+            )
+            .bind(source)
+            .execute(&mut *tx)
             .await
             .context("clearing sync_reconcile_seen")?;
-        Ok(())
+            tx.commit().await.context("committing the cleared reconcile scratch")?;
+            Ok(())
+        })
+        .await
     }
 
     /// Recent sessions (created at or after `created_since`, Unix seconds) still waiting for analysis or
     /// category, oldest first.
-    pub async fn sessions_pending_enrichment(&self, created_since: i64) -> anyhow::Result<Vec<String>> {
+    pub async fn sessions_pending_enrichment(&self, source: &str, created_since: i64) -> anyhow::Result<Vec<String>> {
         sqlx::query_scalar(
             "select session_id from sessions
              where created_at >= to_timestamp($1) and (not has_analysis or category is null) and deleted_at is null
+               and source = $2
              order by created_at",
         )
         .bind(created_since)
+        .bind(source)
         .fetch_all(&self.pool)
         .await
         .context("finding sessions that wait for analysis or category")
@@ -250,7 +351,22 @@ impl Store {
     /// Records the start of a run; returns its id. Runs of the source still marked `running` belong to a
     /// process that died (runs of a source never overlap: they hold its advisory lock), so they are closed as
     /// `aborted` first.
-    pub async fn start_run(&self, source: &str, mode: &str, watermark_before: Option<i64>) -> anyhow::Result<i64> {
+    /// Also returns the run's start on the database's clock (Unix seconds).
+    pub async fn start_run(
+        &self,
+        source: &str,
+        mode: &str,
+        watermark_before: Option<i64>,
+    ) -> anyhow::Result<(i64, f64)> {
+        self.bounded("recording the start of the run", self.start_run_inner(source, mode, watermark_before)).await
+    }
+
+    async fn start_run_inner(
+        &self,
+        source: &str,
+        mode: &str,
+        watermark_before: Option<i64>,
+    ) -> anyhow::Result<(i64, f64)> {
         let orphans = sqlx::query(
             "update sync_runs set status = 'aborted', finished_at = now(),
                  error = 'the process ended before the run finished (killed, crashed or lost its database connection)'
@@ -264,9 +380,9 @@ impl Store {
         if orphans > 0 {
             tracing::warn!(orphans, "runs left `running` by a process that died were marked aborted");
         }
-        sqlx::query_scalar(
+        sqlx::query_as(
             "insert into sync_runs (source, mode, status, watermark_before) values ($1, $2, 'running', $3)
-             returning run_id",
+             returning run_id, extract(epoch from clock_timestamp())::float8",
         )
         .bind(source)
         .bind(mode)
@@ -277,6 +393,10 @@ impl Store {
     }
 
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, record: &RunRecord) -> anyhow::Result<()> {
+        self.bounded("recording the end of the run", self.finish_run_inner(run_id, status, record)).await
+    }
+
+    async fn finish_run_inner(&self, run_id: i64, status: RunStatus, record: &RunRecord) -> anyhow::Result<()> {
         let rows = serde_json::to_value(&record.writes.rows)?;
         sqlx::query(
             "update sync_runs set finished_at = now(), status = $2, pages = $3, sessions_upserted = $4,

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::walk::{self, OnComplete, WalkPlan, WalkStats};
+use super::walk::{self, OnComplete, RunClock, WalkPlan, WalkStats};
 use super::{Interrupted, Syncer};
 use crate::api::ListQuery;
 
@@ -62,7 +62,7 @@ pub(super) fn windows_until(syncer: &Syncer, end: i64) -> Vec<Window> {
     plan(sync.backfill_start.timestamp(), sync.backfill_window.as_secs() as i64, end)
 }
 
-pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
+pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<WalkStats> {
     let source = syncer.source().to_owned();
     let store = syncer.store();
     let server_time = server_now(syncer).await?;
@@ -70,16 +70,17 @@ pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
         tracing::warn!("the API sent no Date header; planning with the local clock, and the watermark will fall back to the largest updated_at seen");
         chrono::Utc::now().timestamp()
     });
-    let server_start = match store.backfill_state(&source).await? {
+    let state = match store.backfill_state(&source).await? {
         Some(state) if !state.completed => {
             tracing::info!(server_start = state.server_start, "resuming the unfinished backfill");
-            state.server_start
+            state
         }
         _ => {
             store.begin_backfill(&source, server_now).await?;
-            server_now
+            store.backfill_state(&source).await?.context("the backfill's start was not recorded")?
         }
     };
+    let server_start = state.server_start;
     let all = windows_until(syncer, server_start);
     let done = store.completed_windows(&source).await?;
     let todo: Vec<Window> = all.iter().copied().filter(|w| !done.contains(&w.key())).collect();
@@ -96,11 +97,20 @@ pub(super) async fn run(syncer: &Syncer) -> anyhow::Result<WalkStats> {
     .await?;
     total.pages += 1; // the clock probe
 
-    let settle = syncer.settings().sync.settle.as_secs() as i64;
-    let watermark = if server_time.is_some() { Some(server_start - settle) } else { total.max_updated_at };
-    if let Some(watermark) = watermark {
-        store.complete_backfill(&source, watermark).await?;
+    // The watermark is the server's time when the backfill began (or less, if a response of this run said
+    // less), bounded like any other by the time elapsed since the previous watermark.
+    if server_time.is_some() {
+        let start = (server_start, "the server time when the backfill began".to_owned());
+        if total.min_server_time.as_ref().is_none_or(|(t, _)| *t > server_start) {
+            total.min_server_time = Some(start);
+        }
+    } else {
+        total.min_server_time = None;
     }
+    let settle = syncer.settings().sync.settle.as_secs() as i64;
+    let update = walk::decide_watermark(&source, &total, settle, &clock, state.started_at);
+    store.complete_backfill(&source, update.as_ref()).await?;
+    let watermark = update.map(|u| u.value);
     if let Err(e) = store.analyze().await {
         tracing::warn!(error = %format!("{e:#}"), "ANALYZE after the backfill failed; autovacuum will catch up");
     }

@@ -17,7 +17,7 @@ pub(super) async fn run(syncer: &Syncer, watermark: Option<i64>) -> anyhow::Resu
     };
     let sync = &syncer.settings().sync;
     let since = server_now - sync.enrichment_window.as_secs() as i64;
-    let pending = syncer.store().sessions_pending_enrichment(since).await?;
+    let pending = syncer.store().sessions_pending_enrichment(syncer.source(), since).await?;
     let mut total = WalkStats::default();
     for (i, ids) in pending.chunks(sync.enrichment_batch).enumerate() {
         let plan = WalkPlan {

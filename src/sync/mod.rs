@@ -4,6 +4,7 @@
 //! sleeps; scheduling belongs to the caller.
 
 mod backfill;
+pub mod clock;
 mod enrich;
 pub mod normalize;
 mod reconcile;
@@ -20,8 +21,8 @@ pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
 use crate::config::Settings;
-use crate::store::{RunRecord, RunStatus, Store, WriteStats};
-use walk::{OnComplete, WalkPlan};
+use crate::store::{LostLock, RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
+use walk::{OnComplete, RunClock, WalkPlan};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +79,23 @@ struct Work {
 }
 
 /// Everything a run needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Syncer {
     settings: Settings,
     api: ApiClient,
     store: Store,
     shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// Source, API endpoint and warehouse only: nothing that could hold a secret (the token, the database password).
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer")
+            .field("source", &self.settings.sync.source)
+            .field("api", &self.api)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Syncer {
@@ -117,13 +129,33 @@ impl Syncer {
         self.shutdown.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
-    /// Runs once in `mode`, records the run in `sync_runs` and logs a one-line summary.
+    /// This syncer for runs under `lock`: every transaction of theirs proves the lock is still theirs.
+    pub fn under(&self, lock: &SourceLock) -> Syncer {
+        Syncer { store: self.store.fenced(lock.fence().clone()), ..self.clone() }
+    }
+
+    /// Takes the source's lock, fails with [`SourceBusy`] when another process holds it.
+    pub async fn lock(&self) -> anyhow::Result<SourceLock> {
+        match self.store.try_lock_source(self.source()).await? {
+            Some(lock) => Ok(lock),
+            None => Err(SourceBusy(self.source().to_owned()).into()),
+        }
+    }
+
+    /// Runs once in `mode`, records the run in `sync_runs` and logs a one-line summary. Takes the source's
+    /// lock for the run unless this syncer runs [`under`](Syncer::under) one already.
     pub async fn run_once(&self, mode: Mode) -> anyhow::Result<RunOutcome> {
         self.run_once_since(mode, None).await
     }
 
-    /// An incremental run followed by an enrichment run: what `sync` and every scheduled tick do.
+    /// An incremental run followed by an enrichment run, under one lock: what `sync` and every scheduled tick do.
     pub async fn sync(&self, since: Option<i64>) -> anyhow::Result<(RunOutcome, RunOutcome)> {
+        if self.store.fence().is_none() {
+            let lock = self.lock().await?;
+            let result = Box::pin(self.under(&lock).sync(since)).await;
+            lock.release().await;
+            return result;
+        }
         let incremental = self.run_once_since(Mode::Incremental, since).await?;
         let enrichment = self.run_once(Mode::Enrichment).await?;
         Ok((incremental, enrichment))
@@ -131,15 +163,28 @@ impl Syncer {
 
     /// As [`Syncer::run_once`]; an incremental run also re-reads everything updated after `since`.
     pub async fn run_once_since(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
+        if self.store.fence().is_none() {
+            let lock = self.lock().await?;
+            let result = Box::pin(self.under(&lock).run_once_since(mode, since)).await;
+            lock.release().await;
+            return result;
+        }
+        let previous = self.store.watermark_state(self.source()).await?;
+        let watermark_before = previous.map(|w| w.watermark);
         let started = Instant::now();
-        let watermark_before = self.store.watermark(self.source()).await?;
-        let run_id = self.store.start_run(self.source(), mode.as_str(), watermark_before).await?;
+        let (run_id, started_db) = self.store.start_run(self.source(), mode.as_str(), watermark_before).await?;
+        let clock = RunClock {
+            previous: previous.map(|w| clock::Previous { watermark: w.watermark, observed_at: w.observed_at }),
+            started_db,
+            started,
+            tolerance_secs: self.settings.sync.clock_tolerance.as_secs() as i64,
+        };
         let span = tracing::info_span!("run", run_id, mode = mode.as_str(), source = self.source());
         let stats_before = self.api_counts();
         let result = async {
             match mode {
-                Mode::Incremental => self.incremental(watermark_before, since).await.map(Work::from),
-                Mode::Backfill => backfill::run(self).await.map(Work::from),
+                Mode::Incremental => self.incremental(clock, since).await.map(Work::from),
+                Mode::Backfill => backfill::run(self, clock).await.map(Work::from),
                 Mode::Enrichment => enrich::run(self, watermark_before).await.map(Work::from),
                 Mode::Reconcile => reconcile::run(self, run_id).await,
             }
@@ -197,6 +242,9 @@ impl Syncer {
                     tracing::warn!(error = %e, "could not record the end of the run");
                 }
                 let status = if interrupted { "aborted" } else { "failed" };
+                if error.downcast_ref::<LostLock>().is_some() {
+                    metrics::counter!("devin_etl_runs_fenced_total", "source" => self.source().to_owned()).increment(1);
+                }
                 metrics::counter!("devin_etl_runs_total", "mode" => mode.as_str(), "status" => status).increment(1);
                 if interrupted {
                     tracing::warn!(run_id, mode = mode.as_str(), "sync run stopped by shutdown; the watermark stays");
@@ -214,7 +262,8 @@ impl Syncer {
     }
 
     /// Walks everything updated since the watermark minus lookback (everything, when no watermark yet).
-    async fn incremental(&self, watermark: Option<i64>, since: Option<i64>) -> anyhow::Result<WalkStats> {
+    async fn incremental(&self, clock: RunClock, since: Option<i64>) -> anyhow::Result<WalkStats> {
+        let watermark = clock.previous.map(|p| p.watermark);
         let lookback = self.settings.sync.lookback.as_secs() as i64;
         // Reading from earlier than the watermark is harmless; from later would leave a gap behind it.
         let updated_after = match (watermark.map(|w| w - lookback), since) {
@@ -232,6 +281,7 @@ impl Syncer {
             on_complete: OnComplete::Watermark {
                 source: self.source().to_owned(),
                 settle_secs: self.settings.sync.settle.as_secs() as i64,
+                clock,
             },
             reconcile_run: None,
         };

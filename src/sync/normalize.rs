@@ -121,7 +121,7 @@ pub fn dedupe(items: &mut Vec<DecodedItem>) -> usize {
 }
 
 /// Adds the rows of one item to every table of the batch.
-pub fn stage(batch: &mut Batch, item: &DecodedItem) {
+pub fn stage(batch: &mut Batch, source: &str, item: &DecodedItem) {
     let s = &item.session;
     let id = s.session_id.as_str();
     let analysis = s.analysis.as_ref();
@@ -159,6 +159,7 @@ pub fn stage(batch: &mut Batch, item: &DecodedItem) {
         suggested_prompt_original: prompt.map(|p| p.original_prompt.as_str()),
         suggested_prompt: prompt.map(|p| p.suggested_prompt.as_str()),
         raw: &item.raw,
+        source,
     });
 
     // Keys of these tables are sets; a repeated value in the API's array is stored once.

@@ -12,12 +12,12 @@ const MAX_DELETED_FRACTION: f64 = 0.5;
 
 pub(super) async fn run(syncer: &Syncer, run_id: i64) -> anyhow::Result<Work> {
     let store = syncer.store();
-    store.clear_reconcile_scratch().await?;
+    store.clear_reconcile_scratch(syncer.source()).await?;
     let now = backfill::server_now(syncer).await?.unwrap_or_else(|| chrono::Utc::now().timestamp());
     let windows: Vec<Window> = backfill::windows_until(syncer, now);
     let mut walks =
         backfill::walk_windows(syncer, windows.len(), windows, |_| (OnComplete::Nothing, Some(run_id))).await?;
     walks.pages += 1; // the clock probe
-    let deleted = store.finish_reconcile(run_id, MAX_DELETED_FRACTION).await?;
+    let deleted = store.finish_reconcile(syncer.source(), run_id, MAX_DELETED_FRACTION).await?;
     Ok(Work { walks, deleted })
 }

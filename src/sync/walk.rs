@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::normalize::{self, DecodedItem};
-use super::{Interrupted, Syncer};
+use super::{Interrupted, Syncer, clock};
 use crate::api::{ApiClient, ListQuery, Page};
 use crate::store::{Batch, Checkpoint, WriteStats};
 
@@ -28,8 +28,9 @@ const MAX_EMPTY_PAGES: u32 = 50;
 /// What to commit with the walk's last page.
 #[derive(Debug, Clone)]
 pub enum OnComplete {
-    /// Move the source's watermark to the server time of the walk's first response minus `settle_secs`.
-    Watermark { source: String, settle_secs: i64 },
+    /// Move the source's watermark to the server time of the walk's first response minus `settle_secs`, within
+    /// what `clock` allows.
+    Watermark { source: String, settle_secs: i64, clock: RunClock },
     /// Record the backfill window as done.
     Window { source: String, created_after: i64, created_before: i64 },
     /// Nothing (re-fetches by id, reconcile windows).
@@ -45,6 +46,23 @@ pub struct WalkPlan {
     pub reconcile_run: Option<i64>,
 }
 
+/// What a run knows to bound its watermark (see `clock.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct RunClock {
+    pub previous: Option<clock::Previous>,
+    /// The run's start, on the database's clock (Unix seconds) and on ours (monotonic).
+    pub started_db: f64,
+    pub started: Instant,
+    pub tolerance_secs: i64,
+}
+
+impl RunClock {
+    /// Database time at local instant `at` (the database's start reading plus monotonic time since).
+    pub fn db_time_at(&self, at: Instant) -> f64 {
+        self.started_db + at.saturating_duration_since(self.started).as_secs_f64()
+    }
+}
+
 /// What a walk did.
 #[derive(Debug, Clone, Default)]
 pub struct WalkStats {
@@ -56,6 +74,11 @@ pub struct WalkStats {
     pub writes: WriteStats,
     /// Server time (HTTP `Date`) of the first response.
     pub server_time: Option<i64>,
+    /// The smallest server time of any response, with its request: one response with a clock far ahead cannot
+    /// carry the watermark past what the others say.
+    pub min_server_time: Option<(i64, String)>,
+    /// When the first response arrived.
+    pub first_response_at: Option<Instant>,
     pub max_updated_at: Option<i64>,
     /// The watermark committed with the last page, if any.
     pub watermark: Option<i64>,
@@ -74,6 +97,15 @@ impl WalkStats {
         self.off_filter += w.off_filter;
         self.writes.add(&w.writes);
         self.server_time = self.server_time.or(w.server_time);
+        if let Some((t, request)) = &w.min_server_time
+            && self.min_server_time.as_ref().is_none_or(|(m, _)| t < m)
+        {
+            self.min_server_time = Some((*t, request.clone()));
+        }
+        self.first_response_at = match (self.first_response_at, w.first_response_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.max_updated_at = self.max_updated_at.max(w.max_updated_at);
         self.waiting += w.waiting;
         self.normalizing += w.normalizing;
@@ -107,7 +139,7 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         stats.duplicates += normalize::dedupe(&mut items) as u64;
         let mut batch = Batch::new();
         for item in &items {
-            normalize::stage(&mut batch, item);
+            normalize::stage(&mut batch, syncer.source(), item);
         }
         let mut checkpoints = if last { completion(&plan.on_complete, &mut stats) } else { Vec::new() };
         if let Some(run_id) = plan.reconcile_run {
@@ -120,13 +152,15 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         // shutdown grace ran out) never drops a transaction half-way: a COPY dropped mid-stream leaves its pooled
         // connection out of step with the server, and the next query on it fails with a protocol error.
         let store = syncer.store().clone();
+        let source = syncer.source().to_owned();
         // One span per written batch (a page, or the pages that were waiting), under the run's span.
         let span = tracing::info_span!("page", page = stats.pages, sessions = batch.sessions(), last);
-        let written = tokio::spawn(async move { store.write_batch(&batch, &checkpoints).await }.instrument(span))
-            .await
-            .map_err(|e| anyhow::anyhow!("the write task failed: {e}"))
-            .and_then(|written| written)
-            .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
+        let written =
+            tokio::spawn(async move { store.write_batch(&source, &batch, &checkpoints).await }.instrument(span))
+                .await
+                .map_err(|e| anyhow::anyhow!("the write task failed: {e}"))
+                .and_then(|written| written)
+                .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
         stats.writing += lap(&mut clock);
         stats.writes.add(&written);
         if let Some(e) = pending_error {
@@ -165,6 +199,12 @@ fn take_page(
     stats.pages += 1;
     if stats.pages == 1 {
         stats.server_time = page.server_time;
+        stats.first_response_at = Some(page.received_at);
+    }
+    if let Some(t) = page.server_time
+        && stats.min_server_time.as_ref().is_none_or(|(m, _)| t < *m)
+    {
+        stats.min_server_time = Some((t, page.request.to_string()));
     }
     let last = !page.has_next_page;
     let decoded = normalize::decode_page(page.items, &page.request)?;
@@ -208,23 +248,11 @@ fn matches_filter(query: &ListQuery, item: &DecodedItem) -> bool {
 
 fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint> {
     match on_complete {
-        OnComplete::Watermark { source, settle_secs } => {
-            let value = match (stats.server_time, stats.max_updated_at) {
-                (Some(server), _) => Some(server - settle_secs),
-                (None, Some(max_seen)) => {
-                    tracing::warn!(
-                        max_seen,
-                        "the API sent no Date header; the watermark falls back to the largest updated_at seen"
-                    );
-                    Some(max_seen)
-                }
-                (None, None) => {
-                    tracing::warn!("the API sent no Date header and no items; the watermark stays");
-                    None
-                }
-            };
-            stats.watermark = value;
-            value.map(|value| Checkpoint::Watermark { source: source.clone(), value }).into_iter().collect()
+        OnComplete::Watermark { source, settle_secs, clock } => {
+            let observed_at = clock.db_time_at(stats.first_response_at.unwrap_or(clock.started));
+            let update = decide_watermark(source, stats, *settle_secs, clock, observed_at);
+            stats.watermark = update.as_ref().map(|u| u.value);
+            update.map(|update| Checkpoint::Watermark { source: source.clone(), update }).into_iter().collect()
         }
         OnComplete::Window { source, created_after, created_before } => vec![Checkpoint::WindowDone {
             source: source.clone(),
@@ -234,6 +262,37 @@ fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint
         }],
         OnComplete::Nothing => Vec::new(),
     }
+}
+
+/// The watermark a complete walk commits: the smallest server time of its responses minus settle (the largest
+/// `updated_at` seen without a `Date` header), within what elapsed time allows. Logs and counts an anomaly.
+pub fn decide_watermark(
+    source: &str,
+    stats: &WalkStats,
+    settle_secs: i64,
+    clock: &RunClock,
+    observed_at: f64,
+) -> Option<clock::WatermarkUpdate> {
+    let (candidate, basis, request) = match (&stats.min_server_time, stats.max_updated_at) {
+        (Some((server, request)), _) => (server - settle_secs, clock::Basis::ServerClock, request.clone()),
+        (None, Some(max_seen)) => {
+            tracing::warn!(
+                max_seen,
+                "the API sent no Date header; the watermark falls back to the largest updated_at seen"
+            );
+            (max_seen, clock::Basis::LargestUpdatedAt, String::new())
+        }
+        (None, None) => {
+            tracing::warn!("the API sent no Date header and no items; the watermark stays");
+            return None;
+        }
+    };
+    let update = clock::decide(candidate, basis, clock.previous, observed_at, clock.tolerance_secs);
+    if let Some(anomaly) = &update.anomaly {
+        tracing::warn!(source, request = %request, candidate, watermark = update.value, "clock anomaly: {anomaly}");
+        metrics::counter!("devin_etl_clock_anomalies_total", "source" => source.to_owned()).increment(1);
+    }
+    Some(update)
 }
 
 /// Fetches pages in order until the last, sending each (or the error that stopped the walk).
@@ -253,6 +312,17 @@ async fn fetch_pages(api: ApiClient, mut query: ListQuery, sender: mpsc::Sender<
         let more = page.has_next_page;
         let next = page.end_cursor.clone();
         empty_in_a_row = if page.items.is_empty() { empty_in_a_row + 1 } else { 0 };
+        // A full last page that still carries a cursor: a last page that happens to be full, or a server that cut
+        // the walk short. (A fetch by id cannot have more than it asked for.)
+        if !more && next.is_some() && page.items.len() >= query.first as usize && query.session_ids.is_empty() {
+            tracing::warn!(
+                request = %page.request,
+                items = page.items.len(),
+                end_cursor = next.as_deref(),
+                "the API marked a full page with a cursor as the last (has_next_page: false); the walk ends here, and \
+                 sessions after it, if any, are missed until a later run or reconcile reads them"
+            );
+        }
         if more && page.items.is_empty() && !warned_empty {
             warned_empty = true;
             tracing::warn!(request = %page.request, "the API returned an empty page that claims more follow");

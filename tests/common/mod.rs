@@ -82,8 +82,14 @@ pub fn test_settings(database_url: &str, api_url: &str, token: &str) -> Settings
     s.api.timeout = Duration::from_secs(10);
     s.sync.backfill_concurrency = 3;
     s.sync.backfill_window = Duration::from_secs(90 * 86_400);
+    // The simulator's manual clock jumps hours between runs while the database's clock moves milliseconds: to
+    // the watermark's clock guard that is a lying clock. Tests of the guard set a realistic tolerance.
+    s.sync.clock_tolerance = UNBOUNDED_CLOCK;
     s
 }
+
+/// A clock tolerance that never bounds the watermark (see `test_settings`).
+pub const UNBOUNDED_CLOCK: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// One test's world: database, simulator, settings and a syncer wired to both.
 pub struct TestApp {
@@ -175,8 +181,17 @@ fn expected_repo(url: &str) -> (Value, Value) {
     (Value::Null, Value::Null)
 }
 
-/// Expected rows of every table for the truth, built independently of the product's normalizer.
+/// The source tests sync unless they say otherwise (`sync.source`'s default).
+pub const DEFAULT_SOURCE: &str = "devin";
+
+/// Expected rows of every table for the truth, delivered by the default source.
 pub fn expected_rows(truth: &[SessionInsights]) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    expected_rows_from(truth, DEFAULT_SOURCE)
+}
+
+/// Expected rows of every table for the truth delivered by `source`, built independently of the product's
+/// normalizer.
+pub fn expected_rows_from(truth: &[SessionInsights], source: &str) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     let mut t: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
     for s in truth {
         let id = &s.session_id;
@@ -198,7 +213,7 @@ pub fn expected_rows(truth: &[SessionInsights]) -> BTreeMap<&'static str, BTreeM
                 "programming_languages": c.map(|c| &c.programming_languages),
                 "tools_and_frameworks": c.map(|c| &c.tools_and_frameworks),
                 "suggested_prompt_original": p.map(|p| &p.original_prompt), "suggested_prompt": p.map(|p| &p.suggested_prompt),
-                "deleted_at": null,
+                "deleted_at": null, "source": source,
             })),
         );
         for pr in &s.pull_requests {
@@ -335,6 +350,7 @@ pub fn child_env(app: &TestApp) -> Vec<(&'static str, String)> {
         ("DEVIN_ETL__API__PAGE_SIZE", "20".to_owned()),
         ("DEVIN_ETL__SYNC__BACKFILL_CONCURRENCY", "2".to_owned()),
         ("DEVIN_ETL__SYNC__BACKFILL_WINDOW", "90d".to_owned()),
+        ("DEVIN_ETL__SYNC__CLOCK_TOLERANCE", "3650d".to_owned()),
         ("DEVIN_ETL__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
         ("DEVIN_ETL__LOG__FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
@@ -351,8 +367,18 @@ fn session_of_key(key: &str) -> &str {
 
 /// As [`assert_warehouse_matches`], restricted to the sessions `keep` selects, in the warehouse and in the truth.
 pub async fn assert_warehouse_matches_where(store: &Store, truth: &[SessionInsights], keep: impl Fn(&str) -> bool) {
+    assert_source_matches_where(store, DEFAULT_SOURCE, truth, keep).await;
+}
+
+/// As [`assert_warehouse_matches_where`], for sessions delivered by `source`.
+pub async fn assert_source_matches_where(
+    store: &Store,
+    source: &str,
+    truth: &[SessionInsights],
+    keep: impl Fn(&str) -> bool,
+) {
     let kept: Vec<SessionInsights> = truth.iter().filter(|s| keep(&s.session_id)).cloned().collect();
-    let expected = expected_rows(&kept);
+    let expected = expected_rows_from(&kept, source);
     let empty = BTreeMap::new();
     let mut tables: Vec<(&str, &str)> = vec![("sessions", "session_id")];
     tables.extend_from_slice(CHILD_KEYS);
