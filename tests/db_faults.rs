@@ -98,23 +98,35 @@ async fn outcome(run: tokio::task::JoinHandle<anyhow::Result<devin_etl::sync::Ru
     tokio::time::timeout(Duration::from_secs(90), run).await.expect("the run ends").unwrap().map(drop)
 }
 
+/// Runs `mode` with slow pages, crashes the cluster once `progress` (a count) reaches `at_least`, restarts it,
+/// and returns the run's error: a run that lost its database, and with it its lock, cannot succeed.
+async fn crash_during(
+    world: &World,
+    cluster: &PrivateCluster,
+    mode: Mode,
+    progress: &str,
+    at_least: i64,
+) -> anyhow::Error {
+    world.sim.inject(0, Fault::Slow(Duration::from_millis(40)), 100_000);
+    let syncer = world.syncer.clone();
+    let run = tokio::spawn(async move { syncer.run_once(mode).await });
+    wait_for_progress(world, progress, at_least, &run).await;
+    crash_and_restart(cluster).await;
+    let error = outcome(run).await.expect_err("the run lost its database and its lock");
+    eprintln!("the {} run failed as it must: {error:#}", mode.as_str());
+    world.sim.clear_faults();
+    error
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_in_the_middle_of_a_backfill_loses_nothing_and_the_rerun_resumes_exact() {
     let Some(cluster) = PrivateCluster::start_or_skip().await else { return };
     let url = cluster.create_database("warehouse").await;
     let world = World::new(&url, 300, |_| {}).await;
-    world.sim.inject(0, Fault::Slow(Duration::from_millis(40)), 100_000);
-
-    let syncer = world.syncer.clone();
-    let run = tokio::spawn(async move { syncer.run_once(Mode::Backfill).await });
-    wait_for_progress(&world, "select count(*) from sessions", 60, &run).await;
-    crash_and_restart(&cluster).await;
-    let error = outcome(run).await.expect_err("a run that lost its database (and its lock) cannot succeed");
-    eprintln!("the backfill failed as it must: {error:#}");
+    crash_during(&world, &cluster, Mode::Backfill, "select count(*) from sessions", 60).await;
     assert_eq!(world.watermark().await, None, "no watermark without a complete backfill");
     common::assert_present_sessions_match_truth(world.store(), &world.sim.sessions()).await;
 
-    world.sim.clear_faults();
     world.syncer.run_once(Mode::Backfill).await.expect("the rerun resumes and completes");
     world.assert_exact(&BTreeSet::new()).await;
     assert_eq!(world.watermark().await, Some(world.sim.now() - 30));
@@ -131,20 +143,13 @@ async fn a_postgres_crash_in_the_middle_of_an_incremental_run_keeps_the_watermar
     world.sim.advance(120);
     let updated = world.sim.update_some(150);
     world.sim.advance(60);
-    world.sim.inject(0, Fault::Slow(Duration::from_millis(40)), 100_000);
-    let syncer = world.syncer.clone();
-    let run = tokio::spawn(async move { syncer.run_once(Mode::Incremental).await });
     let changed = format!(
         "select count(*) from sessions where session_id in ('{}') and synced_at > first_synced_at",
         updated.join("','")
     );
-    wait_for_progress(&world, &changed, 30, &run).await;
-    crash_and_restart(&cluster).await;
-    let error = outcome(run).await.expect_err("the run lost its lock");
-    eprintln!("the incremental run failed as it must: {error:#}");
+    crash_during(&world, &cluster, Mode::Incremental, &changed, 30).await;
     assert_eq!(world.watermark().await, watermark, "a run that did not complete never moves the watermark");
 
-    world.sim.clear_faults();
     world.syncer.sync(None).await.expect("the next run works");
     world.assert_exact(&BTreeSet::new()).await;
 }
@@ -156,22 +161,16 @@ async fn a_postgres_crash_in_the_middle_of_a_reconcile_marks_nothing_deleted_tha
     let world = World::new(&url, 300, |_| {}).await;
     world.syncer.run_once(Mode::Backfill).await.unwrap();
     let removed = world.remove(5);
-
-    world.sim.inject(0, Fault::Slow(Duration::from_millis(40)), 100_000);
-    let syncer = world.syncer.clone();
-    let run = tokio::spawn(async move { syncer.run_once(Mode::Reconcile).await });
     // Well into the walk: a third of the sessions recorded as seen (committed, in a logged table).
-    wait_for_progress(&world, "select count(*) from sync_reconcile_seen", 100, &run).await;
-    crash_and_restart(&cluster).await;
-    let error = outcome(run).await.expect_err("the run lost its lock");
-    eprintln!("the reconcile failed as it must: {error:#}");
+    crash_during(&world, &cluster, Mode::Reconcile, "select count(*) from sync_reconcile_seen", 100).await;
+    // What the reconcile recorded as seen survived crash recovery (an unlogged table would be empty now).
+    assert!(world.count("select count(*) from sync_reconcile_seen").await >= 100, "the scratch is crash-safe");
     assert_eq!(
         world.count("select count(*) from sessions where deleted_at is not null").await,
         0,
         "a reconcile that did not complete marks nothing deleted"
     );
 
-    world.sim.clear_faults();
     let rerun = world.syncer.run_once(Mode::Reconcile).await.expect("the next reconcile works");
     assert_eq!(rerun.deleted, 5);
     world.assert_exact(&removed).await;
@@ -391,4 +390,32 @@ async fn a_server_clock_a_year_ahead_works_as_before() {
         sqlx::query_scalar("select clock_anomaly from sync_state").fetch_one(syncer.store().pool()).await.unwrap();
     assert_eq!(anomaly, None);
     common::assert_warehouse_matches(syncer.store(), &sim.sessions()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_database_connection_has_tcp_keepalive() {
+    let Ok(ss) = std::process::Command::new("ss").arg("-V").output() else {
+        eprintln!(
+            "\n!!!!! SKIPPED every_database_connection_has_tcp_keepalive: `ss` (iproute2) is not installed !!!!!\n"
+        );
+        return;
+    };
+    assert!(ss.status.success());
+    let db = TestDb::create().await;
+    let world = World::new(&db.url, 20, |_| {}).await;
+    world.syncer.run_once(Mode::Incremental).await.unwrap();
+    // Hold the lock (a dedicated connection) and a busy pool while looking.
+    let lock = world.syncer.lock().await.unwrap();
+    let port = url::Url::parse(&db.url).unwrap().port().unwrap_or(5432);
+    let out = std::process::Command::new("ss")
+        .args(["-tnop", "state", "established", "dport", &format!("= :{port}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains(&format!("pid={},", std::process::id()))).collect();
+    assert!(ours.len() >= 2, "the pool's and the lock's connections are listed: {text}");
+    for line in &ours {
+        assert!(line.contains("timer:(keepalive"), "a connection without TCP keepalive: {line}");
+    }
+    lock.release().await;
 }

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use common::logs::Logs;
 use common::{TestApp, assert_warehouse_matches, build_syncer};
 use devin_etl::http::{HttpState, serve};
 use devin_etl::store::MIGRATOR;
@@ -26,45 +26,6 @@ alter table sync_runs add column future_note text not null default 'written by a
 
 /// The embedded migrations as `sqlx::migrate!` builds them: `ignore_missing` false, what this binary used before.
 static STRICT: Migrator = sqlx::migrate!("./migrations");
-
-/// Warnings and errors logged on this thread (the test's current-thread runtime: every task of it) while held.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .finish();
-        (logs.clone(), tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn an_older_binary_migrates_syncs_and_stays_ready_on_a_schema_a_newer_release_migrated() {

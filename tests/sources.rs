@@ -112,26 +112,30 @@ async fn two_sources_share_a_schema_and_deletes_in_one_never_touch_the_other() {
     assert_eq!((status.live_sessions, status.deleted_sessions), (80, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrichment_is_per_source() {
+/// acme and globex, 40 sessions each, backfilled into one schema.
+async fn two_backfilled_sources() -> (TestDb, Source, Source) {
     let db = TestDb::create().await;
     let acme = source(&db, "acme", 1, 40).await;
     let globex = source(&db, "globex", 2, 40).await;
     acme.syncer.run_once(Mode::Backfill).await.unwrap();
     globex.syncer.run_once(Mode::Backfill).await.unwrap();
+    (db, acme, globex)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrichment_is_per_source() {
+    let (_db, acme, globex) = two_backfilled_sources().await;
     let pending_acme =
         acme.syncer.store().sessions_pending_enrichment("acme", 0).await.unwrap().into_iter().collect::<BTreeSet<_>>();
     let acme_ids: BTreeSet<String> = acme.sim.sessions().into_iter().map(|s| s.session_id).collect();
     assert!(!pending_acme.is_empty() && pending_acme.is_subset(&acme_ids), "acme re-fetches only its own sessions");
+    let pending_globex = globex.syncer.store().sessions_pending_enrichment("globex", 0).await.unwrap();
+    assert!(!pending_globex.is_empty() && pending_globex.iter().all(|id| !acme_ids.contains(id)), "and globex its own");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_arriving_from_a_second_source_fails_the_run_naming_both_and_moves_nothing() {
-    let db = TestDb::create().await;
-    let acme = source(&db, "acme", 1, 40).await;
-    let globex = source(&db, "globex", 2, 40).await;
-    acme.syncer.run_once(Mode::Backfill).await.unwrap();
-    globex.syncer.run_once(Mode::Backfill).await.unwrap();
+    let (_db, acme, globex) = two_backfilled_sources().await;
 
     // globex's API starts returning one of acme's sessions (a misconfiguration: the same enterprise twice).
     let stolen = acme.sim.sessions()[3].clone();

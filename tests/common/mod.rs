@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sqlx::Connection as _;
 
 pub mod cluster;
+pub mod logs;
 pub mod proxy;
 
 /// Admin URL of the test server; each test creates its own database there.
