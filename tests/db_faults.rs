@@ -327,7 +327,7 @@ async fn one_response_with_a_clock_a_day_ahead_never_makes_later_runs_skip_updat
             .fetch_one(world.store().pool())
             .await
             .unwrap();
-    assert!(anomaly.as_deref().is_some_and(|a| a.contains("s further than")), "recorded: {anomaly:?}");
+    assert!(anomaly.as_deref().is_some_and(|a| a.contains("86400s ahead")), "recorded: {anomaly:?}");
     let status = devin_etl::status::collect(world.store(), "devin").await.unwrap();
     assert!(devin_etl::status::render(&status).contains("clock anomaly"), "shown by status");
 
@@ -418,4 +418,35 @@ async fn every_database_connection_has_tcp_keepalive() {
         assert!(line.contains("timer:(keepalive"), "a connection without TCP keepalive: {line}");
     }
     lock.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_response_with_a_clock_an_hour_behind_moves_the_watermark_back_and_later_runs_are_exact() {
+    let db = TestDb::create().await;
+    let world = World::new(&db.url, 100, |s| s.sync.clock_tolerance = Duration::from_secs(60)).await;
+    world.syncer.run_once(Mode::Backfill).await.unwrap();
+    let before = world.watermark().await.unwrap();
+    world.sim.inject(0, Fault::SkewedDate(-3_600), 1);
+    world.syncer.run_once(Mode::Incremental).await.unwrap();
+    let after = world.watermark().await.unwrap();
+    assert!(after <= before - 3_600, "moved back, so nothing stamped meanwhile is skipped: {before} -> {after}");
+    let anomaly_at = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "select clock_anomaly_at from sync_state where source = 'devin'",
+        )
+        .fetch_one(world.store().pool())
+        .await
+        .unwrap()
+    };
+    let first_anomaly = anomaly_at().await;
+    assert!(first_anomaly.is_some());
+
+    // Honest responses again: the watermark catches up at once, with no further anomaly.
+    world.sim.advance(2);
+    world.sim.update_some(15);
+    world.sim.advance(2);
+    world.syncer.sync(None).await.unwrap();
+    world.assert_exact(&BTreeSet::new()).await;
+    assert_eq!(world.watermark().await, Some(world.sim.now() - 30));
+    assert_eq!(anomaly_at().await, first_anomaly, "one lying response does not leave the clock suspect");
 }

@@ -262,7 +262,8 @@ async fn an_invalid_item_fails_the_page_and_commits_nothing_of_it() {
         s.api.page_size = 200;
     })
     .await;
-    app.sim.inject(0, Fault::MalformedItem, 1);
+    // Request 0 is the first run's clock probe (one item, not loaded); the fault hits the walk's page.
+    app.sim.inject(1, Fault::MalformedItem, 1);
     let error = app.syncer.run_once(Mode::Incremental).await.unwrap_err();
     let message = format!("{error:#}");
     assert!(message.contains("session_id"), "names the missing field: {message}");

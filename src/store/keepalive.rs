@@ -4,11 +4,11 @@
 //! side, and a read on it waits forever. Keepalive probes notice an idle one; `TCP_USER_TIMEOUT` ends one
 //! whose sent data stays unacknowledged (a query to a dead server). sqlx 0.8 opens its sockets itself and offers
 //! neither, so right after a connection is established we find its socket among the process's descriptors (by
-//! the server's address) and set them there. Setting them again on an already configured socket is harmless.
+//! the server's port: matching addresses would miss a server whose DNS name moved in a failover) and set them
+//! there. Setting them again on an already configured socket, or on another connection to that port, is harmless.
 //! (Client-side operation timeouts in [`super::Store`] bound every wait regardless; this makes the kernel drop
 //! the dead connections themselves, so they do not linger in the pool.)
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Idle time before the first probe, time between probes, and probes before the connection is dropped.
@@ -19,30 +19,27 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// however long a statement runs, so only an unreachable server hits it).
 const USER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Sets keepalive and the user timeout on every TCP socket of this process connected to one of `peers`.
-/// Returns how many sockets were set.
-pub fn apply(peers: &[SocketAddr]) -> usize {
-    if peers.is_empty() {
-        return 0;
-    }
+/// Sets keepalive and the user timeout on every TCP socket of this process connected to `port`. Returns how many
+/// sockets were set.
+pub fn apply(port: u16) -> usize {
     #[cfg(target_os = "linux")]
     {
-        linux::apply(peers)
+        linux::apply(port)
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = port;
         0
     }
 }
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::net::SocketAddr;
     use std::os::fd::{BorrowedFd, OwnedFd};
 
     use socket2::{SockRef, TcpKeepalive};
 
-    pub(super) fn apply(peers: &[SocketAddr]) -> usize {
+    pub(super) fn apply(port: u16) -> usize {
         let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
             return 0;
         };
@@ -61,7 +58,7 @@ mod linux {
             let Some(owned) = duplicate(fd) else { continue };
             let socket = SockRef::from(&owned);
             let connected_to_peer =
-                socket.peer_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| peers.contains(&a));
+                socket.peer_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| a.port() == port);
             if connected_to_peer
                 && socket.set_tcp_keepalive(&keepalive).is_ok()
                 && socket.set_tcp_user_timeout(Some(super::USER_TIMEOUT)).is_ok()
@@ -79,19 +76,5 @@ mod linux {
         // (EBADF) or yields whatever now has that number, whose peer address is then checked like any other.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         borrowed.try_clone_to_owned().ok()
-    }
-}
-
-/// The addresses a connection to `host:port` may reach (for [`apply`]); empty for a Unix socket path.
-pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
-    if host.starts_with('/') {
-        return Vec::new();
-    }
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => addrs.collect(),
-        Err(e) => {
-            tracing::debug!(host, error = %e, "cannot resolve the database host for TCP keepalive");
-            Vec::new()
-        }
     }
 }

@@ -143,14 +143,22 @@ fn insert_from_unnest(table: &str, columns: &[ColumnSpec]) -> String {
 }
 
 static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
-    let set: Vec<String> = SESSION_COLUMNS.iter().skip(1).map(|(c, _, _)| format!("{c} = excluded.{c}")).collect();
+    // A session never changes source here: one that another source inserted meanwhile is left alone, and the
+    // check after the merge (`write_in`) fails the batch naming both.
+    let set: Vec<String> = SESSION_COLUMNS
+        .iter()
+        .skip(1)
+        .filter(|(c, _, _)| *c != "source")
+        .map(|(c, _, _)| format!("{c} = excluded.{c}"))
+        .collect();
     format!(
         "{insert}
         order by session_id
         on conflict (session_id) do update set {set}, synced_at = now(), deleted_at = null
-        where excluded.updated_at > t.updated_at
-           or (excluded.updated_at = t.updated_at
-               and (excluded.raw is distinct from t.raw or t.deleted_at is not null))
+        where t.source = excluded.source
+          and (excluded.updated_at > t.updated_at
+               or (excluded.updated_at = t.updated_at
+                   and (excluded.raw is distinct from t.raw or t.deleted_at is not null)))
         returning t.session_id, (t.xmax = 0) as inserted",
         insert = insert_from_unnest("sessions", SESSION_COLUMNS),
         set = set.join(", "),
@@ -362,11 +370,11 @@ async fn write_in(
     allow_copy: bool,
 ) -> anyhow::Result<WriteStats> {
     let mut stats = WriteStats::default();
-    let existing = if batch.sessions.is_empty() { Existing::None } else { existing(tx, source, batch).await? };
-    if let Existing::Foreign { session_id, owner } = existing {
+    let held = if batch.sessions.is_empty() { Existing::None } else { existing(tx, source, batch).await? };
+    if let Existing::Foreign { session_id, owner } = held {
         return Err(ForeignSession { session_id, owner, arriving: source.to_owned() }.into());
     }
-    if allow_copy && existing == Existing::None && !batch.sessions.is_empty() {
+    if allow_copy && held == Existing::None && !batch.sessions.is_empty() {
         copy_new_sessions(tx, batch, &mut stats).await?;
     } else if !batch.sessions.is_empty() {
         let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), &batch.sessions)
@@ -377,6 +385,13 @@ async fn write_in(
             .fetch_all(&mut **tx)
             .await
             .context("merging the batch into sessions")?;
+        // Another source may have inserted one of these sessions after the check above (sources do not share a
+        // lock); the merge left it alone, and this says so rather than counting it as unchanged.
+        if written.len() < batch.sessions.rows()
+            && let Existing::Foreign { session_id, owner } = existing(tx, source, batch).await?
+        {
+            return Err(ForeignSession { session_id, owner, arriving: source.to_owned() }.into());
+        }
         stats.sessions_written = written.len() as u64;
         stats.rows.insert("sessions", written.len() as u64);
         // Children only when some session changed: a re-read of unchanged data writes nothing.

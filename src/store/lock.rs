@@ -112,7 +112,7 @@ impl Store {
         let mut conn = PgConnection::connect_with(&self.connect_options)
             .await
             .context("opening a dedicated connection for the single-flight lock")?;
-        super::keepalive::apply(&self.keepalive_peers);
+        super::keepalive::apply(self.port);
         let (acquired, k1, k2, pid, backend_start): (bool, i32, i32, i32, DateTime<Utc>) = sqlx::query_as(TRY_LOCK)
             .bind(source)
             .fetch_one(&mut conn)

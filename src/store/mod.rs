@@ -12,9 +12,7 @@ mod lock;
 mod rows;
 mod state;
 
-use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,7 +23,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 pub use load::{Checkpoint, CopyPayload, WriteStats};
 pub use lock::{Fence, LostLock, SourceBusy, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, RunRecord, RunRow, RunStatus, WatermarkState, WatermarkUpdate};
+pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus, WatermarkUpdate};
 
 use crate::config::DatabaseSettings;
 
@@ -46,8 +44,8 @@ pub struct Store {
     /// Client-side bound on every database operation: a server that vanished behind a half-open connection
     /// must fail the run, not hang it.
     operation_timeout: Duration,
-    /// The server's addresses, to find our sockets for TCP keepalive (see `keepalive.rs`).
-    keepalive_peers: Arc<[SocketAddr]>,
+    /// The server's port, to find our sockets for TCP keepalive (see `keepalive.rs`).
+    port: u16,
     /// Set on the store of a run that holds its source's lock: every transaction checks it first.
     fence: Option<Fence>,
 }
@@ -65,16 +63,13 @@ impl Store {
     /// Connects a pool of `max_connections` (at least 2) to the configured database and schema.
     pub async fn connect(settings: &DatabaseSettings, max_connections: u32) -> anyhow::Result<Store> {
         let options = connect_options(settings)?;
-        let keepalive_peers: Arc<[SocketAddr]> =
-            keepalive::resolve(options.get_host(), options.get_port()).await.into();
-        let peers = keepalive_peers.clone();
+        let port = options.get_port();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(settings.connect_timeout)
             .after_connect(move |_, _| {
-                let peers = peers.clone();
                 Box::pin(async move {
-                    keepalive::apply(&peers);
+                    keepalive::apply(port);
                     Ok(())
                 })
             })
@@ -91,7 +86,7 @@ impl Store {
             schema: settings.schema.clone(),
             connect_options: options,
             operation_timeout: settings.operation_timeout,
-            keepalive_peers,
+            port,
             fence: None,
         })
     }
@@ -149,6 +144,7 @@ impl Store {
         // table may take minutes, and replicas starting together wait for each other's migrations.
         let unbounded = self.connect_options.clone().options([("statement_timeout", "0"), ("lock_timeout", "0")]);
         let mut conn = PgConnection::connect_with(&unbounded).await.context("connecting to apply migrations")?;
+        keepalive::apply(self.port);
         let migrated = MIGRATOR.run(&mut conn).await;
         conn.close().await.ok();
         migrated.with_context(|| format!("migrating schema {} failed", self.schema))?;

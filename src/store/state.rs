@@ -47,21 +47,28 @@ pub(super) async fn apply_checkpoint(
     Ok(())
 }
 
-/// A new watermark, decided by `sync::clock` (which also says when it may move back).
+/// A new watermark and clock state, decided by `sync::clock` (which also says when it may move back).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatermarkUpdate {
     pub value: i64,
     /// Database time (Unix seconds) at which the server time behind `value` was observed.
     pub observed_at: f64,
+    /// The API clock's offset from the database's (seconds) to keep.
+    pub offset: Option<i64>,
+    /// A different offset seen by consecutive walks, and how many: `(offset, walks)`.
+    pub suspect: Option<(i64, i32)>,
     /// What was wrong with the API's clock, when its time was not taken as is.
     pub anomaly: Option<String>,
 }
 
-/// The watermark and when it was observed, for `sync::clock`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct WatermarkState {
-    pub watermark: i64,
+/// The watermark and what `sync::clock` knows of the API's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClockState {
+    pub watermark: Option<i64>,
+    /// Database time (Unix seconds) when the server time behind the watermark was observed.
     pub observed_at: Option<f64>,
+    pub offset: Option<i64>,
+    pub suspect: Option<(i64, i32)>,
 }
 
 /// Sets the source's watermark as decided (runs of a source never overlap: they are fenced), recording a clock
@@ -72,10 +79,13 @@ async fn set_watermark(
     update: &WatermarkUpdate,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "insert into sync_state (source, watermark, watermark_observed_at, clock_anomaly, clock_anomaly_at)
-         values ($1, $2, to_timestamp($3), $4, case when $4::text is not null then now() end)
+        "insert into sync_state (source, watermark, watermark_observed_at, clock_anomaly, clock_anomaly_at,
+                                 clock_offset, clock_suspect_offset, clock_suspect_count)
+         values ($1, $2, to_timestamp($3), $4, case when $4::text is not null then now() end, $5, $6, $7)
          on conflict (source) do update
          set watermark = excluded.watermark, watermark_observed_at = excluded.watermark_observed_at,
+             clock_offset = excluded.clock_offset, clock_suspect_offset = excluded.clock_suspect_offset,
+             clock_suspect_count = excluded.clock_suspect_count,
              clock_anomaly = coalesce(excluded.clock_anomaly, sync_state.clock_anomaly),
              clock_anomaly_at = coalesce(excluded.clock_anomaly_at, sync_state.clock_anomaly_at),
              updated_at = now()",
@@ -84,6 +94,9 @@ async fn set_watermark(
     .bind(update.value)
     .bind(update.observed_at)
     .bind(update.anomaly.as_deref())
+    .bind(update.offset)
+    .bind(update.suspect.map(|s| s.0))
+    .bind(update.suspect.map_or(0, |s| s.1))
     .execute(&mut **tx)
     .await
     .context("setting the watermark in sync_state")?;
@@ -147,17 +160,19 @@ pub struct RunRecord {
 impl Store {
     /// The source's watermark (server Unix seconds), if any walk ever completed.
     pub async fn watermark(&self, source: &str) -> anyhow::Result<Option<i64>> {
-        Ok(self.watermark_state(source).await?.map(|w| w.watermark))
+        Ok(self.clock_state(source).await?.watermark)
     }
 
-    /// The watermark with the database time it was observed at.
-    pub async fn watermark_state(&self, source: &str) -> anyhow::Result<Option<WatermarkState>> {
-        let row: Option<(Option<i64>, Option<f64>)> = self
+    /// The watermark with what is known of the API's clock.
+    pub async fn clock_state(&self, source: &str) -> anyhow::Result<ClockState> {
+        type Row = (Option<i64>, Option<f64>, Option<i64>, Option<i64>, i32);
+        let row: Option<Row> = self
             .bounded(
                 "reading the watermark",
                 sqlx::query_as(
-                    "select watermark, extract(epoch from watermark_observed_at)::float8 from sync_state
-                     where source = $1",
+                    "select watermark, extract(epoch from watermark_observed_at)::float8, clock_offset,
+                            clock_suspect_offset, clock_suspect_count
+                     from sync_state where source = $1",
                 )
                 .bind(source)
                 .fetch_optional(&self.pool)
@@ -165,7 +180,12 @@ impl Store {
             )
             .await
             .context("reading the watermark from sync_state")?;
-        Ok(row.and_then(|(w, observed_at)| w.map(|watermark| WatermarkState { watermark, observed_at })))
+        Ok(row.map_or_else(ClockState::default, |(watermark, observed_at, offset, suspect, count)| ClockState {
+            watermark,
+            observed_at,
+            offset,
+            suspect: suspect.map(|o| (o, count)),
+        }))
     }
 
     /// Sessions `source` delivered: (live, marked deleted).
@@ -367,29 +387,33 @@ impl Store {
         mode: &str,
         watermark_before: Option<i64>,
     ) -> anyhow::Result<(i64, f64)> {
+        // Fenced: only the lock's holder may call the other `running` runs dead.
+        let mut tx = self.begin().await?;
         let orphans = sqlx::query(
             "update sync_runs set status = 'aborted', finished_at = now(),
                  error = 'the process ended before the run finished (killed, crashed or lost its database connection)'
              where source = $1 and status = 'running'",
         )
         .bind(source)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .context("closing runs of processes that died")?
         .rows_affected();
         if orphans > 0 {
             tracing::warn!(orphans, "runs left `running` by a process that died were marked aborted");
         }
-        sqlx::query_as(
+        let started = sqlx::query_as(
             "insert into sync_runs (source, mode, status, watermark_before) values ($1, $2, 'running', $3)
              returning run_id, extract(epoch from clock_timestamp())::float8",
         )
         .bind(source)
         .bind(mode)
         .bind(watermark_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .context("recording the run in sync_runs")
+        .context("recording the run in sync_runs")?;
+        tx.commit().await.context("committing the start of the run")?;
+        Ok(started)
     }
 
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, record: &RunRecord) -> anyhow::Result<()> {

@@ -48,12 +48,17 @@ pub fn plan(start: i64, width: i64, end: i64) -> Vec<Window> {
 
 /// The server's clock, from a one-item request; `None` when it sends no `Date`.
 pub(super) async fn server_now(syncer: &Syncer) -> anyhow::Result<Option<i64>> {
+    Ok(server_probe(syncer).await?.map(|(time, _)| time))
+}
+
+/// As [`server_now`], with the request for messages.
+pub(super) async fn server_probe(syncer: &Syncer) -> anyhow::Result<Option<(i64, String)>> {
     let probe = syncer
         .api()
         .list_page(&ListQuery { first: 1, ..ListQuery::default() })
         .await
         .context("asking the API for its clock")?;
-    Ok(probe.server_time)
+    Ok(probe.server_time.map(|time| (time, probe.request)))
 }
 
 /// The windows of history up to `end`, as configured.

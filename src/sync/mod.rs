@@ -169,15 +169,16 @@ impl Syncer {
             lock.release().await;
             return result;
         }
-        let previous = self.store.watermark_state(self.source()).await?;
-        let watermark_before = previous.map(|w| w.watermark);
+        let state = self.store.clock_state(self.source()).await?;
+        let watermark_before = state.watermark;
         let started = Instant::now();
         let (run_id, started_db) = self.store.start_run(self.source(), mode.as_str(), watermark_before).await?;
         let clock = RunClock {
-            previous: previous.map(|w| clock::Previous { watermark: w.watermark, observed_at: w.observed_at }),
+            state,
             started_db,
             started,
             tolerance_secs: self.settings.sync.clock_tolerance.as_secs() as i64,
+            probe: None,
         };
         let span = tracing::info_span!("run", run_id, mode = mode.as_str(), source = self.source());
         let stats_before = self.api_counts();
@@ -262,8 +263,12 @@ impl Syncer {
     }
 
     /// Walks everything updated since the watermark minus lookback (everything, when no watermark yet).
-    async fn incremental(&self, clock: RunClock, since: Option<i64>) -> anyhow::Result<WalkStats> {
-        let watermark = clock.previous.map(|p| p.watermark);
+    async fn incremental(&self, mut clock: RunClock, since: Option<i64>) -> anyhow::Result<WalkStats> {
+        let watermark = clock.state.watermark;
+        if clock.state.offset.is_none() {
+            // Nothing known of the API's clock yet: a second opinion on it, so that one response cannot set it.
+            clock.probe = backfill::server_probe(self).await?;
+        }
         let lookback = self.settings.sync.lookback.as_secs() as i64;
         // Reading from earlier than the watermark is harmless; from later would leave a gap behind it.
         let updated_after = match (watermark.map(|w| w - lookback), since) {

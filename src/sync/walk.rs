@@ -47,13 +47,17 @@ pub struct WalkPlan {
 }
 
 /// What a run knows to bound its watermark (see `clock.rs`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunClock {
-    pub previous: Option<clock::Previous>,
+    /// The watermark and the API clock as known when the run started.
+    pub state: clock::ClockState,
     /// The run's start, on the database's clock (Unix seconds) and on ours (monotonic).
     pub started_db: f64,
     pub started: Instant,
     pub tolerance_secs: i64,
+    /// The server time of a probe made before the walk (with its request), when the run made one: a single-page
+    /// walk must not set the first watermark on one response alone.
+    pub probe: Option<(i64, String)>,
 }
 
 impl RunClock {
@@ -273,8 +277,12 @@ pub fn decide_watermark(
     clock: &RunClock,
     observed_at: f64,
 ) -> Option<clock::WatermarkUpdate> {
-    let (candidate, basis, request) = match (&stats.min_server_time, stats.max_updated_at) {
-        (Some((server, request)), _) => (server - settle_secs, clock::Basis::ServerClock, request.clone()),
+    let min_server_time = match (&stats.min_server_time, &clock.probe) {
+        (Some(walk), Some(probe)) => Some(if probe.0 < walk.0 { probe } else { walk }),
+        (walk, probe) => walk.as_ref().or(probe.as_ref()),
+    };
+    let (candidate, basis, request) = match (min_server_time, stats.max_updated_at) {
+        (Some((server, request)), _) => (*server, clock::Basis::ServerClock, request.clone()),
         (None, Some(max_seen)) => {
             tracing::warn!(
                 max_seen,
@@ -287,7 +295,8 @@ pub fn decide_watermark(
             return None;
         }
     };
-    let update = clock::decide(candidate, basis, clock.previous, observed_at, clock.tolerance_secs);
+    let seen = clock::Observation { server: candidate, basis, at: observed_at };
+    let update = clock::decide(seen, &clock.state, settle_secs, clock.tolerance_secs);
     if let Some(anomaly) = &update.anomaly {
         tracing::warn!(source, request = %request, candidate, watermark = update.value, "clock anomaly: {anomaly}");
         metrics::counter!("devin_etl_clock_anomalies_total", "source" => source.to_owned()).increment(1);
