@@ -450,3 +450,60 @@ async fn one_response_with_a_clock_an_hour_behind_moves_the_watermark_back_and_l
     assert_eq!(world.watermark().await, Some(world.sim.now() - 30));
     assert_eq!(anomaly_at().await, first_anomaly, "one lying response does not leave the clock suspect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_taking_over_waits_until_the_old_runs_open_transaction_has_ended() {
+    let db = TestDb::create().await;
+    let world = World::new(&db.url, 100, |_| {}).await;
+    // Test instrumentation: each write into sessions takes a second, so the old run's transaction is caught open.
+    sqlx::raw_sql(
+        "create function public.slow_write() returns trigger language plpgsql as
+             $$ begin perform pg_sleep(1); return null; end $$;
+         create trigger slow_write after insert on devin.sessions
+             for each statement execute function public.slow_write();",
+    )
+    .execute(world.store().pool())
+    .await
+    .unwrap();
+    let syncer = world.syncer.clone();
+    let old = tokio::spawn(async move { syncer.run_once(Mode::Incremental).await });
+    let mut admin = sqlx::PgConnection::connect(&common::admin_url()).await.unwrap();
+    // The old run's write transaction, open (past its fence check) and sleeping in the trigger.
+    let (writer, xact_start): (i32, chrono::DateTime<chrono::Utc>) = loop {
+        let open: Option<(i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "select pid, xact_start from pg_stat_activity
+             where datname = $1 and application_name = 'devin-etl' and wait_event = 'PgSleep'",
+        )
+        .bind(&db.name)
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(open) = open {
+            break open;
+        }
+        assert!(!old.is_finished(), "the old run ended before its write could be caught");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let lock_pid = lock_backend(&mut admin, &db.name).await.expect("the old run holds the lock");
+    let _: bool =
+        sqlx::query_scalar("select pg_terminate_backend($1)").bind(lock_pid).fetch_one(&mut admin).await.unwrap();
+
+    // The advisory lock is free at once, but taking over the lease waits for the old run's open transaction:
+    // once the new owner holds the source, no transaction of the old run can still commit.
+    let taken = world.syncer.lock().await.expect("the lock is free");
+    let still_open: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_stat_activity where pid = $1 and xact_start = $2)")
+            .bind(writer)
+            .bind(xact_start)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!still_open, "the takeover returned while the old run's transaction was still open");
+    let error = outcome(old).await.expect_err("the old run lost its lock");
+    assert!(format!("{error:#}").contains("lost the single-flight lock"), "{error:#}");
+    taken.release().await;
+
+    sqlx::raw_sql("drop function public.slow_write() cascade").execute(world.store().pool()).await.unwrap();
+    world.syncer.run_once(Mode::Incremental).await.unwrap();
+    world.assert_exact(&BTreeSet::new()).await;
+}
