@@ -171,8 +171,9 @@ impl Store {
     /// minute to get there, and until then the first incremental run plans its child-row deletes as scans.
     pub async fn analyze(&self) -> anyhow::Result<()> {
         let tables = TABLES.iter().filter(|t| t.starts_with("session")).copied().collect::<Vec<_>>().join(", ");
-        sqlx::raw_sql(&format!("analyze {tables}"))
-            .execute(&self.pool)
+        let sql = format!("analyze {tables}");
+        let analyze = sqlx::raw_sql(&sql).execute(&self.pool);
+        self.bounded("analyzing the session tables", async { analyze.await.map_err(anyhow::Error::from) })
             .await
             .context("analyzing the session tables")?;
         Ok(())

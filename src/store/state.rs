@@ -212,15 +212,18 @@ impl Store {
     }
 
     pub async fn backfill_state(&self, source: &str) -> anyhow::Result<Option<BackfillState>> {
-        let row: Option<(Option<i64>, bool, Option<f64>)> = sqlx::query_as(
+        let query = sqlx::query_as(
             "select backfill_server_start, backfill_completed_at is not null,
                     extract(epoch from backfill_started_at)::float8
              from sync_state where source = $1",
         )
         .bind(source)
         .fetch_optional(&self.pool)
-        .await
-        .context("reading backfill state from sync_state")?;
+        .map_err(anyhow::Error::from);
+        let row: Option<(Option<i64>, bool, Option<f64>)> = self
+            .bounded("reading the backfill's state", query)
+            .await
+            .context("reading backfill state from sync_state")?;
         Ok(row.and_then(|(start, completed, started_at)| {
             start.map(|server_start| BackfillState { server_start, completed, started_at: started_at.unwrap_or(0.0) })
         }))
@@ -250,12 +253,14 @@ impl Store {
 
     /// `(created_after, created_before)` of the windows the current backfill has finished.
     pub async fn completed_windows(&self, source: &str) -> anyhow::Result<HashSet<(i64, i64)>> {
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("select created_after, created_before from sync_backfill_windows where source = $1")
-                .bind(source)
-                .fetch_all(&self.pool)
-                .await
-                .context("reading finished backfill windows")?;
+        let query = sqlx::query_as("select created_after, created_before from sync_backfill_windows where source = $1")
+            .bind(source)
+            .fetch_all(&self.pool)
+            .map_err(anyhow::Error::from);
+        let rows: Vec<(i64, i64)> = self
+            .bounded("reading finished backfill windows", query)
+            .await
+            .context("reading finished backfill windows")?;
         Ok(rows.into_iter().collect())
     }
 
@@ -342,7 +347,7 @@ impl Store {
     /// Recent sessions (created at or after `created_since`, Unix seconds) still waiting for analysis or
     /// category, oldest first.
     pub async fn sessions_pending_enrichment(&self, source: &str, created_since: i64) -> anyhow::Result<Vec<String>> {
-        sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "select session_id from sessions
              where created_at >= to_timestamp($1) and (not has_analysis or category is null) and deleted_at is null
                and source = $2
@@ -351,8 +356,10 @@ impl Store {
         .bind(created_since)
         .bind(source)
         .fetch_all(&self.pool)
-        .await
-        .context("finding sessions that wait for analysis or category")
+        .map_err(anyhow::Error::from);
+        self.bounded("finding sessions that wait for enrichment", query)
+            .await
+            .context("finding sessions that wait for analysis or category")
     }
 
     /// The latest `limit` runs of `source`, newest first.
