@@ -9,19 +9,21 @@
 //! the lock. A run that fails the check stops before writing anything more.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::Store;
 
 /// How often the lock connection is pinged: keeps proxies and NAT from dropping it as idle, and notices its loss
-/// within this much time even while the run is not writing.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// (within this plus [`PING_TIMEOUT`]) even while the run is not writing.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a ping may take before the lock is taken for lost: generous, since an overloaded server (a checkpoint's
+/// fsync) can stall a few seconds, and a false alarm fails a run for nothing.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Write transactions of one run that may be in flight at once (far more than a run ever has).
 const MAX_WRITERS: u32 = 1 << 16;
 
@@ -58,11 +60,14 @@ struct FenceInner {
     lock_pid: i32,
     lock_backend_start: DateTime<Utc>,
     keys: (i32, i32),
-    /// Set by the heartbeat when the lock connection fails: the check then fails without asking the server.
-    lost: AtomicBool,
+    /// Set by the heartbeat when the lock connection fails (and by the release): the check then fails without
+    /// asking the server, and the run's database operations in flight stop (see `Store::bounded`).
+    lost: watch::Sender<bool>,
     /// One permit per write transaction in flight; releasing the lock waits until they have all ended.
     writers: Arc<Semaphore>,
     operation_timeout: Duration,
+    /// Bound of the unlock (a tiny statement): `database.connect_timeout`.
+    quick_timeout: Duration,
 }
 
 impl std::fmt::Debug for Fence {
@@ -136,9 +141,10 @@ impl Store {
             lock_pid: pid,
             lock_backend_start: backend_start,
             keys: (k1, k2),
-            lost: AtomicBool::new(false),
+            lost: watch::Sender::new(false),
             writers: Arc::new(Semaphore::new(MAX_WRITERS as usize)),
             operation_timeout: self.operation_timeout,
+            quick_timeout: self.quick_timeout,
         }));
         let (stop, stopped) = oneshot::channel();
         let keeper = tokio::spawn(keep(conn, fence.clone(), stopped));
@@ -155,13 +161,13 @@ async fn keep(mut conn: PgConnection, fence: Fence, mut stop: oneshot::Receiver<
         tokio::select! {
             _ = &mut stop => break,
             () = tokio::time::sleep(HEARTBEAT) => {
-                let ping = tokio::time::timeout(HEARTBEAT, sqlx::query("select 1").execute(&mut conn)).await;
+                let ping = tokio::time::timeout(PING_TIMEOUT, sqlx::query("select 1").execute(&mut conn)).await;
                 let problem = match ping {
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => format!("its connection failed: {e}"),
-                    Err(_) => format!("its connection did not answer a ping within {}s", HEARTBEAT.as_secs()),
+                    Err(_) => format!("its connection did not answer a ping within {}s", PING_TIMEOUT.as_secs()),
                 };
-                inner.lost.store(true, Ordering::SeqCst);
+                inner.lost.send_replace(true);
                 tracing::error!(source = inner.source, "lost the single-flight lock: {problem}");
                 metrics::counter!("devin_etl_lock_lost_total", "source" => inner.source.clone()).increment(1);
                 return; // dropping the connection frees the lock on the server, if it is still there
@@ -169,9 +175,9 @@ async fn keep(mut conn: PgConnection, fence: Fence, mut stop: oneshot::Receiver<
         }
     }
     let unlock = sqlx::query("select pg_advisory_unlock($1, $2)").bind(inner.keys.0).bind(inner.keys.1);
-    match tokio::time::timeout(inner.operation_timeout, unlock.execute(&mut conn)).await {
+    match tokio::time::timeout(inner.quick_timeout, unlock.execute(&mut conn)).await {
         Ok(Ok(_)) => {
-            let _ = tokio::time::timeout(inner.operation_timeout, conn.close()).await;
+            let _ = tokio::time::timeout(inner.quick_timeout, conn.close()).await;
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "releasing the advisory lock failed; closing its connection frees it"),
         Err(_) => tracing::warn!("releasing the advisory lock timed out; closing its connection frees it"),
@@ -194,7 +200,7 @@ impl SourceLock {
             );
         }
         // Nothing of this run may commit from now on, even a write task that has not started yet.
-        inner.lost.store(true, Ordering::SeqCst);
+        inner.lost.send_replace(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -208,7 +214,7 @@ impl Drop for SourceLock {
     fn drop(&mut self) {
         // Dropped without `release` (a panic, a cancelled task): stop the keeper, which drops the connection and
         // so frees the lock.
-        self.fence.0.lost.store(true, Ordering::SeqCst);
+        self.fence.0.lost.send_replace(true);
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();
         }
@@ -228,6 +234,13 @@ impl Fence {
         self.0.writers.clone().try_acquire_owned().ok().map(WriterPermit)
     }
 
+    /// Resolves once the lock is known to be lost (or released), with the error to report.
+    pub async fn lost_signal(&self) -> anyhow::Error {
+        let mut lost = self.0.lost.subscribe();
+        let _ = lost.wait_for(|lost| *lost).await;
+        self.lost("its connection failed or stopped answering")
+    }
+
     fn lost(&self, why: impl Into<String>) -> anyhow::Error {
         LostLock { source_name: self.0.source.clone(), why: why.into() }.into()
     }
@@ -235,7 +248,7 @@ impl Fence {
     /// Proves, inside `tx`, that the run still owns its source; must be the transaction's first statement.
     pub async fn check(&self, tx: &mut Transaction<'_, Postgres>) -> anyhow::Result<()> {
         let inner = &self.0;
-        if inner.lost.load(Ordering::SeqCst) {
+        if *inner.lost.borrow() {
             return Err(self.lost("its connection was lost or the lock was released"));
         }
         let (lease_ours, lock_held): (bool, bool) = sqlx::query_as(CHECK)

@@ -44,6 +44,8 @@ pub struct Store {
     /// Client-side bound on every database operation: a server that vanished behind a half-open connection
     /// must fail the run, not hang it.
     operation_timeout: Duration,
+    /// Bound of the tiny bookkeeping statements (`database.connect_timeout`).
+    quick_timeout: Duration,
     /// The server's port, to find our sockets for TCP keepalive (see `keepalive.rs`).
     port: u16,
     /// Set on the store of a run that holds its source's lock: every transaction checks it first.
@@ -86,6 +88,7 @@ impl Store {
             schema: settings.schema.clone(),
             connect_options: options,
             operation_timeout: settings.operation_timeout,
+            quick_timeout: settings.connect_timeout,
             port,
             fence: None,
         })
@@ -121,15 +124,39 @@ impl Store {
         Ok(tx)
     }
 
-    /// `operation`, or an error once it has taken longer than `database.operation_timeout`.
+    /// `operation`, or an error once it has taken longer than `database.operation_timeout` — or, on a fenced
+    /// store, as soon as the run's lock is known to be lost (its heartbeat failed: the database is likely gone
+    /// too, and nothing of the run may commit anyway).
     pub async fn bounded<T>(
         &self,
         what: &str,
         operation: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        match tokio::time::timeout(self.operation_timeout, operation).await {
+        let lost = async {
+            match &self.fence {
+                Some(fence) => fence.lost_signal().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(self.operation_timeout, operation) => match result {
+                Ok(result) => result,
+                Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.operation_timeout }.into()),
+            },
+            error = lost => Err(error.context(format!("stopped {what}"))),
+        }
+    }
+
+    /// As [`Store::bounded`] for the run's own bookkeeping (its row in `sync_runs`): tiny statements, bounded by
+    /// `database.connect_timeout`, and attempted even after the lock is lost, so a failed run is recorded as such.
+    pub async fn bounded_bookkeeping<T>(
+        &self,
+        what: &str,
+        operation: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(self.quick_timeout, operation).await {
             Ok(result) => result,
-            Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.operation_timeout }.into()),
+            Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.quick_timeout }.into()),
         }
     }
 

@@ -424,7 +424,7 @@ impl Store {
     }
 
     pub async fn finish_run(&self, run_id: i64, status: RunStatus, record: &RunRecord) -> anyhow::Result<()> {
-        self.bounded("recording the end of the run", self.finish_run_inner(run_id, status, record)).await
+        self.bounded_bookkeeping("recording the end of the run", self.finish_run_inner(run_id, status, record)).await
     }
 
     async fn finish_run_inner(&self, run_id: i64, status: RunStatus, record: &RunRecord) -> anyhow::Result<()> {
