@@ -107,15 +107,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::spawn(crate::schedule::forward_signals(stop));
             let syncer = connect(settings).await?.with_shutdown(stopped);
             let since = since.map(|s| parse_time(&s)).transpose()?;
-            let lock = syncer.lock().await?;
-            let syncer = syncer.under(&lock);
-            let result = match (backfill, reconcile) {
+            // Each of these takes the source's lock for itself (and fails at once when another process holds it).
+            match (backfill, reconcile) {
                 (true, _) => syncer.run_once(Mode::Backfill).await.map(drop),
                 (_, true) => syncer.run_once(Mode::Reconcile).await.map(drop),
                 _ => syncer.sync(since).await.map(drop),
-            };
-            lock.release().await;
-            result
+            }
         }
         Command::Status { json, source } => {
             let settings = with_source(settings, source)?;

@@ -148,27 +148,35 @@ impl Syncer {
         self.run_once_since(mode, None).await
     }
 
+    /// Runs `work` under the source's lock: this syncer's own when it runs [`under`](Syncer::under) one already,
+    /// else one taken for `work` and released after it.
+    pub async fn locked<T>(&self, work: impl AsyncFnOnce(&Syncer) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.store.fence().is_some() {
+            return work(self).await;
+        }
+        let lock = self.lock().await?;
+        let result = work(&self.under(&lock)).await;
+        lock.release().await;
+        result
+    }
+
     /// An incremental run followed by an enrichment run, under one lock: what `sync` and every scheduled tick do.
     pub async fn sync(&self, since: Option<i64>) -> anyhow::Result<(RunOutcome, RunOutcome)> {
-        if self.store.fence().is_none() {
-            let lock = self.lock().await?;
-            let result = Box::pin(self.under(&lock).sync(since)).await;
-            lock.release().await;
-            return result;
-        }
-        let incremental = self.run_once_since(Mode::Incremental, since).await?;
-        let enrichment = self.run_once(Mode::Enrichment).await?;
-        Ok((incremental, enrichment))
+        self.locked(async |syncer| {
+            let incremental = syncer.run_locked(Mode::Incremental, since).await?;
+            let enrichment = syncer.run_locked(Mode::Enrichment, None).await?;
+            Ok((incremental, enrichment))
+        })
+        .await
     }
 
     /// As [`Syncer::run_once`]; an incremental run also re-reads everything updated after `since`.
     pub async fn run_once_since(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
-        if self.store.fence().is_none() {
-            let lock = self.lock().await?;
-            let result = Box::pin(self.under(&lock).run_once_since(mode, since)).await;
-            lock.release().await;
-            return result;
-        }
+        self.locked(async |syncer| syncer.run_locked(mode, since).await).await
+    }
+
+    /// One run on a syncer that holds the source's lock.
+    async fn run_locked(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
         let state = self.store.clock_state(self.source()).await?;
         let watermark_before = state.watermark;
         let started = Instant::now();
