@@ -225,10 +225,6 @@ impl Drop for SourceLock {
 pub struct WriterPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl Fence {
-    pub fn source(&self) -> &str {
-        &self.0.source
-    }
-
     /// Registers a write transaction in flight, so the lock is not released under it.
     pub fn writer(&self) -> Option<WriterPermit> {
         self.0.writers.clone().try_acquire_owned().ok().map(WriterPermit)

@@ -127,10 +127,10 @@ impl Store {
     /// `operation`, or an error once it has taken longer than `database.operation_timeout` — or, on a fenced
     /// store, as soon as the run's lock is known to be lost (its heartbeat failed: the database is likely gone
     /// too, and nothing of the run may commit anyway).
-    pub async fn bounded<T>(
+    pub async fn bounded<T, E: Into<anyhow::Error>>(
         &self,
         what: &str,
-        operation: impl std::future::Future<Output = anyhow::Result<T>>,
+        operation: impl std::future::Future<Output = Result<T, E>>,
     ) -> anyhow::Result<T> {
         let lost = async {
             match &self.fence {
@@ -139,25 +139,19 @@ impl Store {
             }
         };
         tokio::select! {
-            result = tokio::time::timeout(self.operation_timeout, operation) => match result {
-                Ok(result) => result,
-                Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.operation_timeout }.into()),
-            },
+            result = within(self.operation_timeout, "database.operation_timeout", what, operation) => result,
             error = lost => Err(error.context(format!("stopped {what}"))),
         }
     }
 
     /// As [`Store::bounded`] for the run's own bookkeeping (its row in `sync_runs`): tiny statements, bounded by
     /// `database.connect_timeout`, and attempted even after the lock is lost, so a failed run is recorded as such.
-    pub async fn bounded_bookkeeping<T>(
+    pub async fn bounded_bookkeeping<T, E: Into<anyhow::Error>>(
         &self,
         what: &str,
-        operation: impl std::future::Future<Output = anyhow::Result<T>>,
+        operation: impl std::future::Future<Output = Result<T, E>>,
     ) -> anyhow::Result<T> {
-        match tokio::time::timeout(self.quick_timeout, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: self.quick_timeout }.into()),
-        }
+        within(self.quick_timeout, "database.connect_timeout", what, operation).await
     }
 
     /// Creates the schema if needed and applies pending migrations.
@@ -199,8 +193,7 @@ impl Store {
     pub async fn analyze(&self) -> anyhow::Result<()> {
         let tables = TABLES.iter().filter(|t| t.starts_with("session")).copied().collect::<Vec<_>>().join(", ");
         let sql = format!("analyze {tables}");
-        let analyze = sqlx::raw_sql(&sql).execute(&self.pool);
-        self.bounded("analyzing the session tables", async { analyze.await.map_err(anyhow::Error::from) })
+        self.bounded("analyzing the session tables", sqlx::raw_sql(&sql).execute(&self.pool))
             .await
             .context("analyzing the session tables")?;
         Ok(())
@@ -235,16 +228,30 @@ pub const TABLES: &[&str] = &[
     "sync_runs",
 ];
 
-/// PostgreSQL did not answer within `database.operation_timeout`.
+/// PostgreSQL did not answer within the bound that the setting `key` gives.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "PostgreSQL did not answer {what} within {}s (database.operation_timeout): the server or the network to it is \
-     gone or stuck; the run stops here and the next one starts over from what was committed",
+    "PostgreSQL did not answer {what} within {}s ({key}): the server or the network to it is gone or stuck; the \
+     run stops here and the next one starts over from what was committed",
     after.as_secs()
 )]
 pub struct DatabaseTimeout {
     pub what: String,
     pub after: Duration,
+    pub key: &'static str,
+}
+
+/// `operation`'s result, or a [`DatabaseTimeout`] naming `key` once it has taken longer than `limit`.
+async fn within<T, E: Into<anyhow::Error>>(
+    limit: Duration,
+    key: &'static str,
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DatabaseTimeout { what: what.to_owned(), after: limit, key }.into()),
+    }
 }
 
 fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use futures_util::TryFutureExt as _;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
@@ -175,8 +174,7 @@ impl Store {
                      from sync_state where source = $1",
                 )
                 .bind(source)
-                .fetch_optional(&self.pool)
-                .map_err(anyhow::Error::from),
+                .fetch_optional(&self.pool),
             )
             .await
             .context("reading the watermark from sync_state")?;
@@ -218,8 +216,7 @@ impl Store {
              from sync_state where source = $1",
         )
         .bind(source)
-        .fetch_optional(&self.pool)
-        .map_err(anyhow::Error::from);
+        .fetch_optional(&self.pool);
         let row: Option<(Option<i64>, bool, Option<f64>)> = self
             .bounded("reading the backfill's state", query)
             .await
@@ -255,8 +252,7 @@ impl Store {
     pub async fn completed_windows(&self, source: &str) -> anyhow::Result<HashSet<(i64, i64)>> {
         let query = sqlx::query_as("select created_after, created_before from sync_backfill_windows where source = $1")
             .bind(source)
-            .fetch_all(&self.pool)
-            .map_err(anyhow::Error::from);
+            .fetch_all(&self.pool);
         let rows: Vec<(i64, i64)> = self
             .bounded("reading finished backfill windows", query)
             .await
@@ -277,7 +273,7 @@ impl Store {
                 .await
                 .context("marking the backfill complete in sync_state")?;
             tx.commit().await.context("committing the end of the backfill")?;
-            Ok(())
+            anyhow::Ok(())
         })
         .await
     }
@@ -339,7 +335,7 @@ impl Store {
             .await
             .context("clearing sync_reconcile_seen")?;
             tx.commit().await.context("committing the cleared reconcile scratch")?;
-            Ok(())
+            anyhow::Ok(())
         })
         .await
     }
@@ -355,8 +351,7 @@ impl Store {
         )
         .bind(created_since)
         .bind(source)
-        .fetch_all(&self.pool)
-        .map_err(anyhow::Error::from);
+        .fetch_all(&self.pool);
         self.bounded("finding sessions that wait for enrichment", query)
             .await
             .context("finding sessions that wait for analysis or category")
