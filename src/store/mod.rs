@@ -265,12 +265,8 @@ fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptio
             // The server ends a statement or a lock wait that runs away, before the client-side timeout fires.
             ("statement_timeout", millis(settings.statement_timeout)),
             ("lock_timeout", millis(settings.lock_timeout)),
-            // The server probes an idle client too, so a lock held by a vanished process is freed in about a
-            // minute rather than the system's default two hours.
-            ("tcp_keepalives_idle", "30".to_owned()),
-            ("tcp_keepalives_interval", "10".to_owned()),
-            ("tcp_keepalives_count", "3".to_owned()),
         ])
+        .options(keepalive::server_options())
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 
