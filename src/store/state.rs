@@ -226,26 +226,27 @@ impl Store {
         }))
     }
 
-    /// Starts a new backfill plan ending at `server_start`, forgetting the windows of an earlier one.
-    pub async fn begin_backfill(&self, source: &str, server_start: i64) -> anyhow::Result<()> {
+    /// Starts a new backfill plan ending at `server_start`, forgetting the windows of an earlier one; returns it.
+    pub async fn begin_backfill(&self, source: &str, server_start: i64) -> anyhow::Result<BackfillState> {
         self.bounded("recording the start of a backfill", self.begin_backfill_inner(source, server_start)).await
     }
 
-    async fn begin_backfill_inner(&self, source: &str, server_start: i64) -> anyhow::Result<()> {
+    async fn begin_backfill_inner(&self, source: &str, server_start: i64) -> anyhow::Result<BackfillState> {
         let mut tx = self.begin().await?;
         sqlx::query("delete from sync_backfill_windows where source = $1").bind(source).execute(&mut *tx).await?;
-        sqlx::query(
+        let started_at: f64 = sqlx::query_scalar(
             "insert into sync_state (source, backfill_server_start, backfill_started_at, backfill_completed_at)
              values ($1, $2, now(), null)
              on conflict (source) do update set backfill_server_start = excluded.backfill_server_start,
-                 backfill_started_at = now(), backfill_completed_at = null, updated_at = now()",
+                 backfill_started_at = now(), backfill_completed_at = null, updated_at = now()
+             returning extract(epoch from backfill_started_at)::float8",
         )
         .bind(source)
         .bind(server_start)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await.context("recording the start of a backfill in sync_state")?;
-        Ok(())
+        Ok(BackfillState { server_start, completed: false, started_at })
     }
 
     /// `(created_after, created_before)` of the windows the current backfill has finished.

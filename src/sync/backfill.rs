@@ -80,10 +80,7 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
             tracing::info!(server_start = state.server_start, "resuming the unfinished backfill");
             state
         }
-        _ => {
-            store.begin_backfill(&source, server_now).await?;
-            store.backfill_state(&source).await?.context("the backfill's start was not recorded")?
-        }
+        _ => store.begin_backfill(&source, server_now).await?,
     };
     let server_start = state.server_start;
     let all = windows_until(syncer, server_start);

@@ -43,6 +43,8 @@ pub struct Observation {
 /// Decides the new watermark from `seen`, given the source's clock state, `settle` and `tolerance` (seconds).
 pub fn decide(seen: Observation, state: &ClockState, settle: i64, tolerance: i64) -> WatermarkUpdate {
     let previous = state.watermark;
+    // Outside an anomaly the watermark only moves forward.
+    let forward = |value: i64| previous.map_or(value, |w| w.max(value));
     // Time elapsed since the previous walk's observation, on the database's clock.
     let elapsed = state.observed_at.map(|at| (seen.at - at).max(0.0) as i64);
     let mut update = WatermarkUpdate {
@@ -69,14 +71,14 @@ pub fn decide(seen: Observation, state: &ClockState, settle: i64, tolerance: i64
                     update.value
                 ));
             }
-            update.value = update.value.max(previous.unwrap_or(i64::MIN));
+            update.value = forward(update.value);
         }
         Basis::ServerClock => {
             let implied = seen.server - seen.at as i64;
             let Some(offset) = state.offset else {
                 // The first server time (or the first since this was kept): nothing to compare it with.
                 update.offset = Some(implied);
-                update.value = (seen.server - settle).max(previous.unwrap_or(i64::MIN));
+                update.value = forward(seen.server - settle);
                 return update;
             };
             let expected = seen.at as i64 + offset;
@@ -84,10 +86,10 @@ pub fn decide(seen: Observation, state: &ClockState, settle: i64, tolerance: i64
             if drift.abs() <= tolerance {
                 update.offset = Some(implied);
                 update.suspect = None;
-                update.value = (seen.server - settle).max(previous.unwrap_or(i64::MIN));
+                update.value = forward(seen.server - settle);
             } else if drift > 0 {
                 update.suspect = None;
-                update.value = (expected - settle).max(previous.unwrap_or(i64::MIN));
+                update.value = forward(expected - settle);
                 update.anomaly = Some(format!(
                     "the API server's clock says {}, {drift}s ahead of what its clock said before plus the time \
                      elapsed since; the watermark is bounded to {}",
