@@ -103,9 +103,7 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
     // less), bounded like any other by the time elapsed since the previous watermark.
     if server_time.is_some() {
         let start = (server_start, "the server time when the backfill began".to_owned());
-        if total.min_server_time.as_ref().is_none_or(|(t, _)| *t > server_start) {
-            total.min_server_time = Some(start);
-        }
+        walk::keep_earliest(&mut total.min_server_time, Some(&start));
     } else {
         total.min_server_time = None;
     }

@@ -101,11 +101,7 @@ impl WalkStats {
         self.off_filter += w.off_filter;
         self.writes.add(&w.writes);
         self.server_time = self.server_time.or(w.server_time);
-        if let Some((t, request)) = &w.min_server_time
-            && self.min_server_time.as_ref().is_none_or(|(m, _)| t < m)
-        {
-            self.min_server_time = Some((*t, request.clone()));
-        }
+        keep_earliest(&mut self.min_server_time, w.min_server_time.as_ref());
         self.first_response_at = match (self.first_response_at, w.first_response_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -205,10 +201,8 @@ fn take_page(
         stats.server_time = page.server_time;
         stats.first_response_at = Some(page.received_at);
     }
-    if let Some(t) = page.server_time
-        && stats.min_server_time.as_ref().is_none_or(|(m, _)| t < *m)
-    {
-        stats.min_server_time = Some((t, page.request.to_string()));
+    if let Some(t) = page.server_time {
+        keep_earlier(&mut stats.min_server_time, t, &page.request);
     }
     let last = !page.has_next_page;
     let decoded = normalize::decode_page(page.items, &page.request)?;
@@ -277,12 +271,10 @@ pub fn decide_watermark(
     clock: &RunClock,
     observed_at: f64,
 ) -> Option<clock::WatermarkUpdate> {
-    let min_server_time = match (&stats.min_server_time, &clock.probe) {
-        (Some(walk), Some(probe)) => Some(if probe.0 < walk.0 { probe } else { walk }),
-        (walk, probe) => walk.as_ref().or(probe.as_ref()),
-    };
+    let mut min_server_time = stats.min_server_time.clone();
+    keep_earliest(&mut min_server_time, clock.probe.as_ref());
     let (candidate, basis, request) = match (min_server_time, stats.max_updated_at) {
-        (Some((server, request)), _) => (*server, clock::Basis::ServerClock, request.clone()),
+        (Some((server, request)), _) => (server, clock::Basis::ServerClock, request),
         (None, Some(max_seen)) => {
             tracing::warn!(
                 max_seen,
@@ -302,6 +294,20 @@ pub fn decide_watermark(
         metrics::counter!("devin_etl_clock_anomalies_total", "source" => source.to_owned()).increment(1);
     }
     Some(update)
+}
+
+/// Keeps in `earliest` the earlier of it and `candidate`: a server time (HTTP `Date`) with its request.
+pub fn keep_earliest(earliest: &mut Option<(i64, String)>, candidate: Option<&(i64, String)>) {
+    if let Some((time, request)) = candidate {
+        keep_earlier(earliest, *time, request);
+    }
+}
+
+/// As [`keep_earliest`], copying `request` only when `time` is the earlier.
+fn keep_earlier(earliest: &mut Option<(i64, String)>, time: i64, request: &str) {
+    if earliest.as_ref().is_none_or(|(t, _)| time < *t) {
+        *earliest = Some((time, request.to_owned()));
+    }
 }
 
 /// Fetches pages in order until the last, sending each (or the error that stopped the walk).
