@@ -49,18 +49,12 @@ struct Tools {
 
 impl Tools {
     fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut c = if self.as_postgres {
-            let mut c = tokio::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            tokio::process::Command::new(program)
-        };
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut c = tokio::process::Command::from(self.blocking_command(program));
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         c
     }
 
-    /// For `Drop`, which cannot await.
+    /// For `Drop`, which cannot await (and the base of [`Tools::command`]).
     fn blocking_command(&self, program: &Path) -> std::process::Command {
         let mut c = if self.as_postgres {
             let mut c = std::process::Command::new("runuser");
