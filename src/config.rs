@@ -246,18 +246,13 @@ const MAX_CURSOR_CHARS: usize = 128;
 
 /// Length of the longest enrichment request URL for `batch` ids, encoded as the API client encodes them.
 fn enrichment_url_len(base_url: &Url, batch: usize) -> usize {
-    let mut url = base_url.clone();
-    url.set_path(&format!("{}{}", base_url.path().trim_end_matches('/'), crate::api::client::INSIGHTS_PATH));
-    {
-        let mut pairs = url.query_pairs_mut();
-        pairs.append_pair("first", "200");
-        pairs.append_pair("after", &"c".repeat(MAX_CURSOR_CHARS));
-        let id = "f".repeat(MAX_SESSION_ID_CHARS);
-        for _ in 0..batch {
-            pairs.append_pair("session_ids", &id);
-        }
-    }
-    url.as_str().len()
+    let worst = crate::api::ListQuery {
+        first: 200,
+        after: Some("c".repeat(MAX_CURSOR_CHARS)),
+        session_ids: vec!["f".repeat(MAX_SESSION_ID_CHARS); batch],
+        ..Default::default()
+    };
+    crate::api::client::list_url(base_url, &worst).as_str().len()
 }
 
 /// An enrichment request carries its ids in the query: a batch whose URL proxies refuse could never succeed.

@@ -195,28 +195,7 @@ impl ApiClient {
     }
 
     fn url_for(&self, q: &ListQuery) -> Url {
-        let mut url = self.endpoint.clone();
-        {
-            let mut pairs = url.query_pairs_mut();
-            pairs.append_pair("first", &q.first.to_string());
-            if let Some(after) = &q.after {
-                pairs.append_pair("after", after);
-            }
-            for (key, value) in [
-                ("updated_after", q.updated_after),
-                ("updated_before", q.updated_before),
-                ("created_after", q.created_after),
-                ("created_before", q.created_before),
-            ] {
-                if let Some(v) = value {
-                    pairs.append_pair(key, &v.to_string());
-                }
-            }
-            for id in &q.session_ids {
-                pairs.append_pair("session_ids", id);
-            }
-        }
-        url
+        with_query(&self.endpoint, q)
     }
 
     async fn attempt(&self, url: &Url, request: &str) -> Result<Page, ApiError> {
@@ -306,6 +285,37 @@ impl ApiClient {
 }
 
 /// Appends `path` to the base URL's own path (a base with a path prefix, e.g. a proxy, keeps it).
+/// The list request for `q` at `endpoint`. Array filters go out as repeated keys.
+fn with_query(endpoint: &Url, q: &ListQuery) -> Url {
+    let mut url = endpoint.clone();
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("first", &q.first.to_string());
+        if let Some(after) = &q.after {
+            pairs.append_pair("after", after);
+        }
+        for (key, value) in [
+            ("updated_after", q.updated_after),
+            ("updated_before", q.updated_before),
+            ("created_after", q.created_after),
+            ("created_before", q.created_before),
+        ] {
+            if let Some(v) = value {
+                pairs.append_pair(key, &v.to_string());
+            }
+        }
+        for id in &q.session_ids {
+            pairs.append_pair("session_ids", id);
+        }
+    }
+    url
+}
+
+/// The list request for `q` against the API at `base_url`, as the client sends it (for checks of its size).
+pub fn list_url(base_url: &Url, q: &ListQuery) -> Url {
+    with_query(&join_path(base_url, INSIGHTS_PATH), q)
+}
+
 fn join_path(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
     let prefix = base.path().trim_end_matches('/');
