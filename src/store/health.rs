@@ -88,9 +88,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .context("reading running runs from sync_runs")?;
-        Ok(row.map(|(id, mode, age)| {
-            (id, mode, Duration::from_secs_f64(if age.is_finite() { age.max(0.0) } else { 0.0 }))
-        }))
+        Ok(row.map(|(id, mode, age)| (id, mode, age_of(age))))
     }
 
     /// When the last successful run of `source` (any mode) finished, and how long ago.
@@ -104,14 +102,16 @@ impl Store {
         .await
         .context("reading the last successful run from sync_runs")?;
         Ok(match row {
-            (Some(finished_at), Some(age)) => {
-                // A finish "in the future" can only come from a clock step on the server; call it fresh.
-                let age = if age.is_finite() { Duration::from_secs_f64(age.max(0.0)) } else { Duration::ZERO };
-                Some(LastSuccess { finished_at, age })
-            }
+            (Some(finished_at), Some(age)) => Some(LastSuccess { finished_at, age: age_of(age) }),
             _ => None,
         })
     }
+}
+
+/// An age in seconds read from the server. One "in the future" can only come from a clock step on the server:
+/// call it zero.
+fn age_of(secs: f64) -> Duration {
+    if secs.is_finite() { Duration::from_secs_f64(secs.max(0.0)) } else { Duration::ZERO }
 }
 
 fn compare(applied: &[(i64, bool, Vec<u8>)]) -> MigrationStatus {
