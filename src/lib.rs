@@ -1,17 +1,16 @@
 //! devin-etl: incremental sync of Devin session insights into normalized PostgreSQL tables.
 //!
 //! Data flow: `api` fetches pages → `sync` decodes and normalizes them into rows → `store` bulk-loads them
-//! and keeps the watermark. `simulator` plays the API for tests, `demo` and benchmarks.
+//! and keeps the watermark. The simulator of the API (crate `devin-sim`) plays it for tests, `demo` and the
+//! benchmark (crate `devin-etl-bench`).
 
 pub mod api;
-pub mod bench;
+pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod http;
-pub mod local_pg;
 pub mod schedule;
-pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod sync;

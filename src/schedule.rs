@@ -8,15 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::sync::{Mode, Syncer};
-
-/// What a tick does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Job {
-    Backfill,
-    Sync,
-    Reconcile,
-}
+use crate::store::SourceBusy;
+use crate::sync::{Job, Syncer};
 
 /// Runs until `shutdown` turns true. With `backfill`, a backfill runs first unless one has completed already
 /// (here or on another replica).
@@ -34,7 +27,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
     let settings = &syncer.settings().sync;
     let grace = settings.shutdown_grace;
     if backfill_pending {
-        run_job(&syncer, Job::Backfill, &mut backfill_pending, &shutdown, grace).await;
+        run_job(&syncer, Job::BackfillUnlessDone, &mut backfill_pending, &shutdown, grace).await;
     }
     loop {
         if *shutdown.borrow() {
@@ -43,7 +36,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
         let Some((at, job)) = next_tick(settings, Utc::now()) else {
             anyhow::bail!("sync.schedule and sync.reconcile_schedule have no future ticks");
         };
-        let job = if backfill_pending { Job::Backfill } else { job };
+        let job = if backfill_pending { Job::BackfillUnlessDone } else { job };
         tracing::debug!(next = %at, job = ?job, "waiting for the next tick");
         let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
@@ -63,7 +56,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
 
 /// The earliest upcoming tick of either schedule; reconcile wins a tie (it covers everything a sync does).
 fn next_tick(settings: &crate::config::SyncSettings, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
-    let sync = settings.schedule.after(&now).next().map(|t| (t, Job::Sync));
+    let sync = settings.schedule.after(&now).next().map(|t| (t, Job::Sync { since: None }));
     let reconcile = settings.reconcile_schedule.after(&now).next().map(|t| (t, Job::Reconcile));
     match (sync, reconcile) {
         (Some(s), Some(r)) => Some(if r.0 <= s.0 { r } else { s }),
@@ -79,48 +72,26 @@ async fn run_job(
     shutdown: &watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let held = match syncer.store().try_lock_source(syncer.source()).await {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot take the single-flight lock; skipping this tick");
-            return;
-        }
-    };
-    let syncer = &syncer.under(&held);
-    let work = async {
-        match job {
-            Job::Backfill => {
-                // Another replica may have finished it while we waited for the lock.
-                if syncer.store().backfill_state(syncer.source()).await?.is_some_and(|s| s.completed) {
-                    return Ok(());
-                }
-                syncer.run_once(Mode::Backfill).await.map(drop)
-            }
-            Job::Sync => syncer.sync(None).await.map(drop),
-            Job::Reconcile => syncer.run_once(Mode::Reconcile).await.map(drop),
-        }
-    };
     let mut stop = shutdown.clone();
     let grace_over = async move {
         let _ = stop.wait_for(|stop| *stop).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = work => match result {
-            Ok(()) if job == Job::Backfill => *backfill_pending = false,
-            Ok(()) => {}
-            // run_once has logged and recorded the failure; the next tick retries.
+        result = syncer.run_job(job) => match result {
+            Ok(_) if job == Job::BackfillUnlessDone => *backfill_pending = false,
+            Ok(_) => {}
+            Err(e) if e.downcast_ref::<SourceBusy>().is_some() => {
+                tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
+            }
+            // The run has logged and recorded its failure; the next tick retries.
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "run ended with an error"),
         },
+        // Dropping the job drops its lock, whose connection closes: the open transaction rolls back.
         () = grace_over => {
             tracing::warn!(grace_secs = grace.as_secs(), "the run did not stop within the shutdown grace period; abandoning it (its open transaction rolls back)");
         }
     }
-    held.release().await;
 }
 
 /// Sets `stop` to true when SIGTERM or SIGINT arrives, so the current batch commits or rolls back and the run
@@ -199,7 +170,10 @@ mod tests {
         settings.schedule = crate::config::parse_schedule("k", "*/15 * * * *").unwrap();
         settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
         let now: DateTime<Utc> = "2026-11-29T03:05:00Z".parse().unwrap();
-        assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:15:00Z".parse().unwrap(), Job::Sync)));
+        assert_eq!(
+            next_tick(&settings, now),
+            Some(("2026-11-29T03:15:00Z".parse().unwrap(), Job::Sync { since: None }))
+        );
         let now: DateTime<Utc> = "2026-11-29T03:29:00Z".parse().unwrap();
         settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
         settings.schedule = crate::config::parse_schedule("k", "*/30 * * * *").unwrap();

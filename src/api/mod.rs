@@ -1,6 +1,6 @@
-//! The Devin insights API: serde models of the spec and the HTTP client.
+//! The Devin insights API: the HTTP client, and the serde models of the wire format (crate `devin-api-model`).
 
 pub mod client;
-pub mod models;
+pub use devin_api_model as models;
 
 pub use client::{ApiClient, ApiError, ListQuery, Page};

@@ -1,5 +1,5 @@
-//! How far a new watermark may move: the API server's clock is trusted for the watermark's value (DESIGN.md:
-//! "server time, not ours"), but not blindly. One API node with a clock a day ahead would otherwise set a
+//! How far a new watermark may move: the API server's clock is trusted for the watermark's value (server time,
+//! not ours — see `docs/architecture.md`, "When the watermark moves"), but not blindly. One API node with a clock a day ahead would otherwise set a
 //! watermark a day ahead, and every incremental run would then skip a day of updates.
 //!
 //! The model: the API's clock and the database's clock (shared by every replica, unlike their local clocks) run at

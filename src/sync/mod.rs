@@ -6,6 +6,7 @@
 mod backfill;
 pub mod clock;
 mod enrich;
+mod job;
 pub mod normalize;
 mod reconcile;
 mod walk;
@@ -17,6 +18,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+pub use job::Job;
 pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
@@ -136,9 +138,14 @@ impl Syncer {
 
     /// Takes the source's lock, fails with [`SourceBusy`] when another process holds it.
     pub async fn lock(&self) -> anyhow::Result<SourceLock> {
-        match self.store.try_lock_source(self.source()).await? {
-            Some(lock) => Ok(lock),
-            None => Err(SourceBusy(self.source().to_owned()).into()),
+        match self.store.try_lock_source(self.source()).await {
+            Ok(Some(lock)) => Ok(lock),
+            Ok(None) => Err(SourceBusy(self.source().to_owned()).into()),
+            Err(e) => {
+                // No run has started to record it: say it here.
+                tracing::error!(error = %format!("{e:#}"), source = self.source(), "cannot take the single-flight lock");
+                Err(e)
+            }
         }
     }
 
@@ -160,14 +167,13 @@ impl Syncer {
         result
     }
 
-    /// An incremental run followed by an enrichment run, under one lock: what `sync` and every scheduled tick do.
+    /// An incremental run followed by an enrichment run, under one lock ([`Job::Sync`]).
     pub async fn sync(&self, since: Option<i64>) -> anyhow::Result<(RunOutcome, RunOutcome)> {
-        self.locked(async |syncer| {
-            let incremental = syncer.run_locked(Mode::Incremental, since).await?;
-            let enrichment = syncer.run_locked(Mode::Enrichment, None).await?;
-            Ok((incremental, enrichment))
-        })
-        .await
+        let mut runs = self.run_job(Job::Sync { since }).await?.into_iter();
+        match (runs.next(), runs.next()) {
+            (Some(incremental), Some(enrichment)) => Ok((incremental, enrichment)),
+            _ => anyhow::bail!("a sync job returned fewer than its two runs"),
+        }
     }
 
     /// As [`Syncer::run_once`]; an incremental run also re-reads everything updated after `since`.
@@ -176,7 +182,7 @@ impl Syncer {
     }
 
     /// One run on a syncer that holds the source's lock.
-    async fn run_locked(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
+    pub(super) async fn run_locked(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
         let state = self.store.clock_state(self.source()).await?;
         let watermark_before = state.watermark;
         let started = Instant::now();

@@ -1,0 +1,54 @@
+//! The wiring, in one place: settings → pool → store → API client → syncer. Every command, the daemon, `demo`,
+//! the benchmark (crate `devin-etl-bench`) and the tests build through here, so they all run what production runs.
+
+use std::path::Path;
+
+use crate::api::ApiClient;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::sync::Syncer;
+use crate::telemetry;
+
+/// Connections of a store that only reads and keeps books (status, migrate, grants, the HTTP endpoints).
+const SMALL_POOL: u32 = 2;
+
+/// Loads the settings (defaults, then `config_file`, then `DEVIN_ETL__…` variables), starts logging and logs what
+/// in them looks wrong without being invalid.
+pub fn init(config_file: Option<&Path>) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config_file)?;
+    telemetry::init(&settings.log);
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
+}
+
+/// The syncer's pool: `database.max_connections`, or (0, the default) one connection per concurrent backfill
+/// window plus two for the run's bookkeeping and its lookups.
+pub fn sync_pool_size(settings: &Settings) -> u32 {
+    match settings.database.max_connections {
+        0 => settings.sync.backfill_concurrency as u32 + 2,
+        n => n,
+    }
+}
+
+/// A store with a small pool of its own, not migrated: for a second pool beside a syncer's (the HTTP endpoints,
+/// so a busy backfill cannot make `/readyz` wait for a connection).
+pub async fn small_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(&settings.database, SMALL_POOL).await
+}
+
+/// A migrated store with a small pool: for the commands that do not sync.
+pub async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = small_store(settings).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The API client and a migrated store with a pool sized for the backfill, as one [`Syncer`].
+pub async fn syncer(settings: Settings) -> anyhow::Result<Syncer> {
+    let api = ApiClient::new(&settings.api)?;
+    let store = Store::connect(&settings.database, sync_pool_size(&settings)).await?;
+    store.migrate().await?;
+    Ok(Syncer::new(settings, api, store))
+}

@@ -1,0 +1,163 @@
+//! `devin-etl demo`: the simulator in-process, a real backfill and incremental sync into a local database,
+//! and a short table of what happened.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret, SecretString};
+
+use devin_sim::{Simulator, SimulatorConfig};
+
+use crate::app;
+use crate::config::Settings;
+use crate::store;
+use crate::sync::{Mode, RunOutcome, Syncer};
+
+mod local_pg;
+use local_pg::LocalCluster;
+
+/// The database `demo` uses unless DATABASE_URL or a config file names another.
+pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/devin_etl_demo";
+const BUILT_IN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/devin_etl";
+/// Where a throwaway cluster lives when no server runs.
+const LOCAL_CLUSTER_DIR: &str = ".demo-pg";
+
+/// Runs the demo. Unless `allow_any_database`, it refuses a database other than its own (`devin_etl_demo`) whose
+/// schema already holds a warehouse: 2,000 synthetic sessions and a moved watermark would pollute it.
+pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bool) -> anyhow::Result<()> {
+    let demo_database = settings.database.url.expose_secret() == BUILT_IN_DATABASE_URL;
+    if demo_database {
+        settings.database.url = SecretString::from(DEMO_DATABASE_URL.to_owned());
+    }
+    let _cluster = ensure_server(&settings)?;
+    store::create_database_if_missing(&settings.database).await?;
+    if !allow_any_database && !is_demo_database(&settings) {
+        refuse_a_warehouse(&settings).await?;
+    }
+
+    let started = Instant::now();
+    let sim = Simulator::new(SimulatorConfig { sessions, ..SimulatorConfig::default() });
+    let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    println!(
+        "simulator: {} sessions at {} (generated in {:.2} s)",
+        sim.len(),
+        server.base_url(),
+        started.elapsed().as_secs_f64()
+    );
+    settings.api.base_url = server.base_url().parse().context("simulator URL")?;
+    settings.api.token = Some(SecretString::from(sim.token().to_owned()));
+
+    let syncer = app::syncer(settings).await?;
+    if demo_database {
+        // The demo database is the demo's own: start from an empty warehouse so every demo shows a full backfill.
+        reset_schema(&syncer).await?;
+    }
+    println!("database: {} (schema {})", store::redacted_target(&syncer.settings().database), syncer.store().schema());
+
+    let backfill = syncer.run_once(Mode::Backfill).await?;
+    sim.advance(60);
+    let updated = sim.update_some((sessions / 100).max(1));
+    let created = sim.create((sessions / 200).max(1));
+    sim.advance(60);
+    let incremental = syncer.run_once(Mode::Incremental).await?;
+    let idle = syncer.run_once(Mode::Incremental).await?;
+    println!("changed in the API between runs: {} updated, {} created\n", updated.len(), created.len());
+
+    print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)])
+        .await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Whether the configured database is the demo's own (`devin_etl_demo`, on whichever server).
+fn is_demo_database(settings: &Settings) -> bool {
+    let own = DEMO_DATABASE_URL.rsplit('/').next();
+    url::Url::parse(settings.database.url.expose_secret())
+        .is_ok_and(|u| u.path_segments().and_then(|mut s| s.next()) == own)
+}
+
+/// Fails when the configured schema already holds sessions or sync state: that database is someone's warehouse.
+async fn refuse_a_warehouse(settings: &Settings) -> anyhow::Result<()> {
+    let store = app::small_store(settings).await?;
+    let mut rows = 0;
+    for table in ["sessions", "sync_state"] {
+        // to_regclass follows search_path (the configured schema) and yields null for a missing table.
+        let exists: bool = sqlx::query_scalar(&format!("select to_regclass('{table}') is not null"))
+            .fetch_one(store.pool())
+            .await
+            .with_context(|| format!("looking for the table {table}"))?;
+        if exists {
+            let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                .fetch_one(store.pool())
+                .await
+                .with_context(|| format!("counting the rows of {table}"))?;
+            rows += n;
+        }
+    }
+    store.pool().close().await;
+    if rows > 0 {
+        anyhow::bail!(
+            "demo refused to write into {} (schema {}): it is not the demo's own database and already holds a \
+             warehouse ({rows} rows in sessions and sync_state); the demo would add synthetic sessions and move its \
+             watermark. Unset DATABASE_URL (and database.url) to use the demo's own database devin_etl_demo, or pass \
+             --allow-any-database to write there anyway",
+            store::redacted_target(&settings.database),
+            settings.database.schema
+        );
+    }
+    Ok(())
+}
+
+async fn reset_schema(syncer: &Syncer) -> anyhow::Result<()> {
+    let schema = syncer.store().schema();
+    // The schema name is a validated plain identifier.
+    sqlx::raw_sql(&format!("drop schema if exists {schema} cascade")).execute(syncer.store().pool()).await?;
+    syncer.store().migrate().await
+}
+
+/// Starts a throwaway cluster when nothing answers at a loopback database URL.
+fn ensure_server(settings: &Settings) -> anyhow::Result<Option<LocalCluster>> {
+    let url = url::Url::parse(settings.database.url.expose_secret()).context("database.url")?;
+    let host = url.host_str().unwrap_or("localhost").to_owned();
+    let port = url.port().unwrap_or(5432);
+    if local_pg::server_answers(&host, port) {
+        return Ok(None);
+    }
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
+        anyhow::bail!("no PostgreSQL server answers at {host}:{port}; start it or set DATABASE_URL");
+    }
+    println!(
+        "no PostgreSQL server answers at {host}:{port}: starting a private throwaway cluster in {LOCAL_CLUSTER_DIR}/ (stopped when the demo ends)"
+    );
+    LocalCluster::start(Path::new(LOCAL_CLUSTER_DIR), port).map(Some)
+}
+
+async fn print_report(syncer: &Syncer, runs: &[(&str, &RunOutcome)]) -> anyhow::Result<()> {
+    println!("{:<26} {:>10}", "table", "rows");
+    for (table, count) in syncer.store().table_counts().await? {
+        println!("{table:<26} {count:>10}");
+    }
+    let watermark = syncer.store().watermark(&syncer.settings().sync.source).await?;
+    let watermark =
+        watermark.and_then(|w| chrono::DateTime::from_timestamp(w, 0)).map_or("none".to_owned(), |t| t.to_rfc3339());
+    println!("\nwatermark: {watermark} (API server time minus settle)\n");
+    println!(
+        "{:<18} {:>8} {:>8} {:>10} {:>10} {:>12} {:>10}",
+        "run", "pages", "requests", "read", "written", "rows written", "seconds"
+    );
+    for (name, o) in runs {
+        println!(
+            "{:<18} {:>8} {:>8} {:>10} {:>10} {:>12} {:>10.3}",
+            name,
+            o.pages,
+            o.requests,
+            o.items,
+            o.writes.sessions_written,
+            o.writes.total_rows(),
+            o.duration.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! One module per command of the CLI; each builds what it needs through [`crate::app`].
+
+pub mod demo;
+pub mod grant;
+pub mod migrate;
+pub mod service;
+pub mod simulate;
+pub mod status;
+pub mod sync;

@@ -1,0 +1,420 @@
+//! `/healthz`, `/readyz` and `/metrics` served on a real socket, against the real PostgreSQL and the simulator.
+//! The database "goes away" through a TCP proxy the test cuts, so the shared PostgreSQL server keeps running.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, TestDb, admin_url, test_settings};
+use devin_etl::http::{HttpState, serve};
+use devin_etl::store::Store;
+use devin_etl::sync::Mode;
+use devin_etl::telemetry::install_metrics;
+use devin_sim::{Fault, SimulatorConfig};
+use secrecy::SecretString;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The HTTP server of one test, stopped through its shutdown future.
+struct Served {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(store: Store, source: &str, max_staleness: Duration) -> Served {
+        let state = HttpState {
+            store,
+            source: source.to_owned(),
+            max_staleness,
+            max_run_duration: Duration::from_secs(3600),
+            metrics: install_metrics().expect("metrics recorder"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Served { base, stop: Some(stop), task }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        let response = client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    /// Polls `path` until it answers `status` (a pool needs a moment to notice a connection is back).
+    async fn wait_for(&self, path: &str, status: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (got, _, body) = self.get(path).await;
+            if got == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{path} still answers {got} ({body:?}), expected {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Shuts the server down through its shutdown future; `serve` must return Ok.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        result.expect("serve returns after shutdown").expect("serve task").expect("serve ends without error");
+    }
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut (every connection closed, the port closed so new
+/// connections are refused) and restore (the same port listens again).
+struct Proxy {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let first = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = first.local_addr().unwrap();
+        let (open, mut state) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut listener = Some(first);
+            loop {
+                let Some(current) = &listener else {
+                    if state.changed().await.is_err() {
+                        return;
+                    }
+                    if *state.borrow_and_update() {
+                        listener = Some(listen(addr).expect("the proxy's port can be bound again"));
+                    }
+                    continue;
+                };
+                tokio::select! {
+                    accepted = current.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let mut severed = state.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = severed.wait_for(|open| !*open) => {}
+                            }
+                        });
+                    }
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if !*state.borrow_and_update() {
+                            listener = None;
+                        }
+                    }
+                }
+            }
+        });
+        Proxy { addr, open, task }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The address of the test PostgreSQL server.
+async fn postgres_addr() -> SocketAddr {
+    let url = url::Url::parse(&admin_url()).unwrap();
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = url.port().unwrap_or(5432);
+    tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().expect("PostgreSQL host resolves")
+}
+
+/// A second store on the test's database, connected through `proxy`.
+async fn store_through(app: &TestApp, proxy: &Proxy) -> Store {
+    let mut url = url::Url::parse(&app.db.url).unwrap();
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let mut database = app.settings.database.clone();
+    database.url = SecretString::from(url.to_string());
+    database.connect_timeout = Duration::from_secs(1);
+    Store::connect(&database, 2).await.unwrap()
+}
+
+#[tokio::test]
+async fn readyz_waits_for_a_successful_sync_and_reports_staleness() {
+    let app = TestApp::spawn(40).await;
+    let served = Served::start(app.store().clone(), "devin", Duration::from_secs(3600)).await;
+
+    let (status, content_type, body) = served.get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+
+    let (status, content_type, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: no successful sync yet"), "{body}");
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready: last successful sync"), "{body}");
+    assert!(body.contains("(max 1h)"), "{body}");
+
+    // The last success ages past max_staleness; a newer failed run does not count as a success.
+    sqlx::query("update sync_runs set finished_at = now() - interval '2 hours 5 minutes' where status = 'succeeded'")
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into sync_runs (source, mode, status, finished_at, error) \
+         values ('devin', 'incremental', 'failed', now(), 'boom')",
+    )
+    .execute(app.store().pool())
+    .await
+    .unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body.trim(), "not ready: last successful sync 2h 5m ago (max 1h)");
+
+    // Readiness is about the configured source only.
+    let other = Served::start(app.store().clone(), "another_source", Duration::from_secs(3600)).await;
+    let (status, _, body) = other.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no successful sync yet"), "{body}");
+    other.stop().await;
+
+    // A tiny max_staleness: a run that just finished is already too old.
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let strict = Served::start(app.store().clone(), "devin", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, _, body) = strict.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: last successful sync") && body.contains("(max 1ms)"), "{body}");
+    strict.stop().await;
+
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 200, "the second run is fresh: {body}");
+
+    // A run that has been going for far longer than server.max_run_duration (3h > 1h) is reported as stuck.
+    let stuck: i64 = sqlx::query_scalar(
+        "insert into sync_runs (source, mode, status, started_at) \
+         values ('devin', 'reconcile', 'running', now() - interval '3 hours') returning run_id",
+    )
+    .fetch_one(app.store().pool())
+    .await
+    .unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body.trim(),
+        format!(
+            "not ready: reconcile run {stuck} has been running for 3h (server.max_run_duration 1h): it may be stuck"
+        )
+    );
+    // The next run closes it (its process is gone: it held no lock), and readiness comes back.
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, _, _) = served.get("/no-such-endpoint").await;
+    assert_eq!(status, 404);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_reports_pending_migrations() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
+    let store = Store::connect(&settings.database, 2).await.unwrap();
+    let served = Served::start(store.clone(), "devin", Duration::from_secs(3600)).await;
+
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: migrations not current (pending: "), "{body}");
+    let first = devin_etl::store::MIGRATOR.iter().next().unwrap().version;
+    assert!(body.contains(&first.to_string()), "names the pending versions: {body}");
+
+    store.migrate().await.unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no successful sync yet"), "migrations are current now: {body}");
+
+    // A migration whose last attempt failed leaves the schema half-done.
+    sqlx::query("update _sqlx_migrations set success = false where version = $1")
+        .bind(first)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&format!("failed: {first}")), "{body}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_flips_when_the_database_goes_away_and_back_when_it_returns() {
+    let app = TestApp::spawn(30).await;
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let proxy = Proxy::start(postgres_addr().await).await;
+    let store = store_through(&app, &proxy).await;
+    let served = Served::start(store, "devin", Duration::from_secs(3600)).await;
+
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, metrics_before) = served.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics_before.contains("devin_etl_watermark_lag_seconds{source=\"devin\"}"), "{metrics_before}");
+
+    proxy.cut();
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+
+    assert!(body.starts_with("not ready: database unreachable"), "{body}");
+    // Liveness never depends on the database, and /metrics still answers (with the last known watermark).
+    let (status, _, body) = served.get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _, metrics_during) = served.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics_during.contains("devin_etl_watermark_lag_seconds{source=\"devin\"}"), "{metrics_during}");
+    let (status, _, body) = served.get("/readyz").await;
+    assert_eq!(status, 503, "still away: {body}");
+
+    proxy.restore();
+    let body = served.wait_for("/readyz", 200).await;
+    assert!(body.starts_with("ready:"), "{body}");
+    served.stop().await;
+}
+
+/// Sum of the samples of `name` whose labels include `labels` (Prometheus text format).
+fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let have: HashMap<&str, &str> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+/// Names of every metric the service exports (and describes).
+const METRICS: &[&str] = &[
+    "devin_etl_runs_total",
+    "devin_etl_pages_total",
+    "devin_etl_sessions_read_total",
+    "devin_etl_sessions_upserted_total",
+    "devin_etl_rows_written_total",
+    "devin_etl_api_requests_total",
+    "devin_etl_api_retries_total",
+    "devin_etl_run_duration_seconds",
+    "devin_etl_watermark_lag_seconds",
+    "devin_etl_last_success_timestamp_seconds",
+];
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_counters_move_with_a_run() {
+    // A source of its own: the recorder is process-wide and other tests in this binary run syncs too.
+    let source = "metrics_test";
+    let config = SimulatorConfig { sessions: 60, manual_clock: true, ..SimulatorConfig::default() };
+    let app = TestApp::spawn_with(config, |s| s.sync.source = source.to_owned()).await;
+    // The API server's clock an hour behind ours: the watermark lag shows it.
+    app.sim.advance(-3600);
+    let served = Served::start(app.store().clone(), source, Duration::from_secs(3600)).await;
+    // Installing again returns the same recorder.
+    install_metrics().unwrap();
+
+    let (status, content_type, before) = served.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    for name in ["devin_etl_runs_total", "devin_etl_api_retries_total"] {
+        assert!(before.contains(&format!("# HELP {name} ")), "{name} is described from the start:\n{before}");
+        assert!(before.contains(&format!("# TYPE {name} counter")), "{before}");
+    }
+    assert!(!before.contains(&format!("source=\"{source}\"")), "no watermark yet, so no lag:\n{before}");
+
+    let started = chrono::Utc::now().timestamp();
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let (_, _, after) = served.get("/metrics").await;
+
+    for name in METRICS {
+        assert!(after.contains(&format!("# HELP {name} ")), "HELP line of {name} missing:\n{after}");
+    }
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        let b = sample_sum(&before, name, labels).unwrap_or(0.0);
+        let a = sample_sum(&after, name, labels).unwrap_or_else(|| panic!("{name}{labels:?} missing:\n{after}"));
+        a - b
+    };
+    assert!(moved("devin_etl_runs_total", &[("mode", "incremental"), ("status", "succeeded")]) >= 1.0);
+    assert!(moved("devin_etl_pages_total", &[("mode", "incremental")]) >= 1.0);
+    assert!(moved("devin_etl_sessions_read_total", &[("mode", "incremental")]) >= 60.0);
+    assert!(moved("devin_etl_sessions_upserted_total", &[("mode", "incremental")]) >= 60.0);
+    assert!(moved("devin_etl_rows_written_total", &[("table", "sessions")]) >= 60.0);
+    assert!(moved("devin_etl_api_requests_total", &[("status", "200")]) >= 2.0, "60 sessions in pages of 50");
+    assert!(moved("devin_etl_run_duration_seconds_count", &[("mode", "incremental")]) >= 1.0);
+    assert!(
+        after.lines().any(|l| l.starts_with("devin_etl_run_duration_seconds_bucket") && l.contains("le=\"3600\"")),
+        "run duration buckets reach an hour:\n{after}"
+    );
+    let last_success =
+        sample_sum(&after, "devin_etl_last_success_timestamp_seconds", &[("source", source), ("mode", "incremental")])
+            .expect("last success gauge");
+    assert!(last_success >= started as f64, "{last_success} < {started}");
+
+    // Lag = our clock − watermark, where the watermark is the API server's time (an hour behind) − settle (30 s).
+    let watermark = app.store().watermark(source).await.unwrap().expect("watermark after a run");
+    let lag = sample_sum(&after, "devin_etl_watermark_lag_seconds", &[("source", source)]).expect("lag gauge");
+    let expected = (chrono::Utc::now().timestamp() - watermark) as f64;
+    assert!((expected - lag).abs() <= 5.0, "lag {lag}, expected about {expected}");
+    assert!((3600.0..3700.0).contains(&lag), "lag {lag}");
+
+    // Retried requests are counted.
+    let retries_before = sample_sum(&after, "devin_etl_api_retries_total", &[]).unwrap_or(0.0);
+    app.sim.inject(0, Fault::Status { code: 503, retry_after: None }, 1);
+    app.syncer.run_once(Mode::Incremental).await.unwrap();
+    let (_, _, last) = served.get("/metrics").await;
+    assert!(sample_sum(&last, "devin_etl_api_retries_total", &[]).unwrap_or(0.0) >= retries_before + 1.0, "{last}");
+    assert!(sample_sum(&last, "devin_etl_api_requests_total", &[("status", "503")]).unwrap_or(0.0) >= 1.0, "{last}");
+    served.stop().await;
+}

@@ -1,0 +1,24 @@
+//! The integration tests, as one binary (one link of the crate instead of one per file): each module is one
+//! area of behaviour, `common` the shared harness (fresh databases, the simulator, child processes, private
+//! PostgreSQL clusters, a TCP proxy). Run one area with `scripts/test -- sync_core::` (a name filter).
+
+mod common;
+
+mod bi_views;
+mod crash_safety;
+mod daemon;
+mod db_faults;
+mod deploy_files;
+mod fuzz_decode;
+mod http_endpoints;
+mod migrations_rollback;
+mod private_cluster;
+mod readonly_role;
+mod resilience_database;
+mod resilience_faults;
+mod resilience_input;
+mod resilience_late_data;
+mod small_holes;
+mod sources;
+mod sync_core;
+mod tcp_proxy;
