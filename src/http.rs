@@ -20,6 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::human;
 use crate::store::Store;
 
 /// How long `/readyz` and `/metrics` wait for the database before calling it unreachable. Well under the
@@ -103,12 +104,12 @@ async fn readiness(state: &HttpState) -> Result<String, String> {
     {
         return Err(format!(
             "{mode} run {run_id} has been running for {} (server.max_run_duration {}): it may be stuck",
-            human_duration(age),
-            human_duration(state.max_run_duration)
+            human::duration(age),
+            human::duration(state.max_run_duration)
         ));
     }
-    let ago = human_duration(last.age);
-    let max = human_duration(state.max_staleness);
+    let ago = human::duration(last.age);
+    let max = human::duration(state.max_staleness);
     if last.age > state.max_staleness {
         return Err(format!("last successful sync {ago} ago (max {max})"));
     }
@@ -120,7 +121,7 @@ async fn within_timeout<T>(call: impl Future<Output = anyhow::Result<T>>) -> Res
     match tokio::time::timeout(DATABASE_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err(format!("no answer within {}", human_duration(DATABASE_TIMEOUT))),
+        Err(_) => Err(format!("no answer within {}", human::duration(DATABASE_TIMEOUT))),
     }
 }
 
@@ -163,44 +164,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render())
 }
 
-/// `2h`, `1h 5m`, `45s`, `1.5s`, `250ms`: the two largest units, for messages.
-pub fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    if secs < 10 && d.subsec_millis() != 0 {
-        return format!("{:.1}s", d.as_secs_f64());
-    }
-    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
-    let mut parts = Vec::new();
-    let mut rest = secs;
-    for (size, unit) in units {
-        if rest >= size {
-            parts.push(format!("{}{unit}", rest / size));
-            rest %= size;
-        }
-        if parts.len() == 2 {
-            break;
-        }
-    }
-    parts.join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
-        assert_eq!(human_duration(Duration::from_secs(3900)), "1h 5m");
-        assert_eq!(human_duration(Duration::from_secs(3605)), "1h 5s");
-        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
-        assert_eq!(human_duration(Duration::from_secs(90_061)), "1d 1h");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
-    }
 
     #[test]
     fn reason_kinds_ignore_numbers() {

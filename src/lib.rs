@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod human;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -1,9 +1,12 @@
 //! `devin-etl status`: the source's watermark and lag, backfill state, recent runs and row counts — for people
 //! (a table) or scripts (`--json`).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::human;
 use crate::store::{RunRow, Store};
 
 #[derive(Debug, Serialize)]
@@ -64,9 +67,9 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let watermark = match (s.watermark_time, s.lag_seconds) {
-        (Some(t), Some(lag)) if lag >= 0 => format!("{} ({} ago)", t.to_rfc3339(), human_duration(lag)),
+        (Some(t), Some(lag)) if lag >= 0 => format!("{} ({} ago)", t.to_rfc3339(), human::duration(Duration::from_secs(lag.unsigned_abs()))),
         // The API server's clock is ahead of this machine's.
-        (Some(t), Some(lag)) => format!("{} ({} ahead of this machine's clock)", t.to_rfc3339(), human_duration(-lag)),
+        (Some(t), Some(lag)) => format!("{} ({} ahead of this machine's clock)", t.to_rfc3339(), human::duration(Duration::from_secs(lag.unsigned_abs()))),
         _ => "none yet (no walk has completed)".to_owned(),
     };
     out.push_str(&format!(
@@ -114,26 +117,4 @@ pub fn render(s: &Status) -> String {
         out.push_str(&format!("{:<26} {:>10}\n", t.table, t.rows));
     }
     out
-}
-
-fn human_duration(secs: i64) -> String {
-    let (sign, secs) = if secs < 0 { ("-", -secs) } else { ("", secs) };
-    match secs {
-        s if s < 120 => format!("{sign}{s}s"),
-        s if s < 7200 => format!("{sign}{}m", s / 60),
-        s if s < 172_800 => format!("{sign}{}h {}m", s / 3600, s % 3600 / 60),
-        s => format!("{sign}{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(super::human_duration(59), "59s");
-        assert_eq!(super::human_duration(600), "10m");
-        assert_eq!(super::human_duration(3 * 3600 + 120), "3h 2m");
-        assert_eq!(super::human_duration(3 * 86_400), "3d 0h");
-        assert_eq!(super::human_duration(-30), "-30s");
-    }
 }
