@@ -8,8 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::store::SourceBusy;
-use crate::sync::{Job, Syncer};
+use crate::sync::{Job, RunErrorKind, Syncer};
 
 /// Runs until `shutdown` turns true. With `backfill`, a backfill runs first unless one has completed already
 /// (here or on another replica).
@@ -81,7 +80,7 @@ async fn run_job(
         result = syncer.run_job(job) => match result {
             Ok(_) if job == Job::BackfillUnlessDone => *backfill_pending = false,
             Ok(_) => {}
-            Err(e) if e.downcast_ref::<SourceBusy>().is_some() => {
+            Err(e) if RunErrorKind::of(&e) == RunErrorKind::SourceBusy => {
                 tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
             }
             // The run has logged and recorded its failure; the next tick retries.

@@ -86,6 +86,11 @@ impl ApiError {
             ApiError::RetriesExhausted { .. } => false,
         }
     }
+
+    /// The API error in `error`'s chain (the outermost, if several).
+    pub fn in_chain(error: &anyhow::Error) -> Option<&ApiError> {
+        error.chain().find_map(|cause| cause.downcast_ref::<ApiError>())
+    }
 }
 
 /// Counters shared by every clone of a client; read by runs and metrics.

@@ -17,6 +17,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::Store;
 use super::columns::{Column, ColumnBuffer};
+use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
 use super::rows::Batch;
 use super::state::{self, WatermarkUpdate};
 
@@ -287,19 +288,21 @@ impl WriteStats {
     }
 }
 
-/// A deadlock or serialization failure is resolved by running the same batch again.
-const MAX_TRANSACTION_ATTEMPTS: u32 = 4;
-
 impl Store {
-    /// Writes `batch` (sessions of `source`) and `checkpoints` in one transaction; a concurrent writer's deadlock
-    /// and a lost connection are retried. On a fenced store the transaction first proves the run owns the source.
+    /// Writes `batch` (sessions of `source`) and `checkpoints` in one transaction. On a fenced store the
+    /// transaction first proves the run owns the source.
+    ///
+    /// Retries as the store's retry contract says (`store::error`): a deadlock or serialization failure at
+    /// once and a lost connection after 1 s, 2 s, 4 s, up to [`MAX_TRANSACTION_ATTEMPTS`] attempts in all; a
+    /// unique violation of the COPY path once through the upsert path. A timeout, a lost lock or any other
+    /// error is returned at once, classified.
     #[tracing::instrument(level = "debug", skip_all, fields(sessions = batch.sessions()))]
     pub async fn write_batch(
         &self,
         source: &str,
         batch: &Batch,
         checkpoints: &[Checkpoint],
-    ) -> anyhow::Result<WriteStats> {
+    ) -> Result<WriteStats, StoreError> {
         // Registered for its whole life: the lock is not released while it can still commit.
         let _writer = self.fence().map(|f| f.writer());
         let mut attempt = 0;
@@ -314,52 +317,34 @@ impl Store {
                     anyhow::Ok(stats)
                 })
                 .await;
-            match result {
-                Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_transient_conflict(&e) => {
-                    tracing::warn!(error = %e, attempt, "transaction conflict; retrying the batch");
-                }
-                // The connection was lost (network, a terminated backend, a restarting server). The batch rolled
-                // back whole and writing it again is idempotent, so wait a little and try on a fresh connection.
-                Err(e) if attempt < MAX_TRANSACTION_ATTEMPTS && is_connection_loss(&e) => {
-                    let wait = std::time::Duration::from_millis(500 << attempt);
-                    tracing::warn!(error = %format!("{e:#}"), attempt, wait_ms = wait.as_millis() as u64, "database connection lost; retrying the batch");
-                    tokio::time::sleep(wait).await;
+            let e = match result {
+                Ok(stats) => return Ok(stats),
+                Err(e) => StoreError::from(e),
+            };
+            let kind = e.kind();
+            match kind.retry() {
+                Retry::Again if attempt < MAX_TRANSACTION_ATTEMPTS => {
+                    let wait = kind.retry_wait(attempt);
+                    if kind == StoreErrorKind::ConnectionLost {
+                        // Network, a terminated backend, a restarting server: the batch rolled back whole, so
+                        // wait a little and write it again on a fresh connection.
+                        tracing::warn!(error = %format!("{e:#}"), attempt, wait_ms = wait.as_millis() as u64, "database connection lost; retrying the batch");
+                    } else {
+                        tracing::warn!(error = %e, attempt, "transaction conflict; retrying the batch");
+                    }
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
                 // A concurrent writer inserted one of "our" new sessions first: merge instead.
-                Err(e) if allow_copy && has_sqlstate(&e, "23505") => {
+                Retry::Merge if allow_copy => {
                     tracing::debug!(error = %e, "a session appeared meanwhile; writing the batch with the upsert path");
                     allow_copy = false;
                 }
-                other => return other,
+                _ => return Err(e),
             }
         }
     }
-}
-
-fn is_transient_conflict(e: &anyhow::Error) -> bool {
-    has_sqlstate(e, "40P01") || has_sqlstate(e, "40001")
-}
-
-/// I/O errors, pool timeouts, and the server's "terminating connection" / "starting up" / connection-exception
-/// states (57P01–57P03, class 08).
-fn is_connection_loss(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
-        Some(sqlx::Error::Database(d)) => {
-            d.code().is_some_and(|c| matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08"))
-        }
-        _ => false,
-    })
-}
-
-fn has_sqlstate(e: &anyhow::Error, state: &str) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .and_then(|d| d.code())
-            .is_some_and(|code| code == state)
-    })
 }
 
 async fn write_in(

@@ -17,6 +17,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::Store;
+use super::error::LostLock;
 
 /// How often the lock connection is pinged: keeps proxies and NAT from dropping it as idle, and notices its loss
 /// (within this plus [`PING_TIMEOUT`]) even while the run is not writing.
@@ -26,22 +27,6 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Write transactions of one run that may be in flight at once (far more than a run ever has).
 const MAX_WRITERS: u32 = 1 << 16;
-
-/// The run lost its source's single-flight lock: another run may own the source now.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "lost the single-flight lock of source {source_name:?} ({why}); stopped before writing anything more (the next run \
-     starts over from the committed state)"
-)]
-pub struct LostLock {
-    pub source_name: String,
-    pub why: String,
-}
-
-/// Another process holds the source's lock.
-#[derive(Debug, thiserror::Error)]
-#[error("another devin-etl process is syncing source {0:?} right now; try again when it is done")]
-pub struct SourceBusy(pub String);
 
 /// Held while it lives; released by [`SourceLock::release`], or by PostgreSQL when its connection closes.
 pub struct SourceLock {

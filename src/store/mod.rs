@@ -4,6 +4,7 @@
 //! unqualified names and one database can hold several independent warehouses.
 
 mod columns;
+pub mod error;
 mod grants;
 pub mod health;
 mod keepalive;
@@ -20,8 +21,9 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
+pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
 pub use load::{Checkpoint, CopyPayload, WriteStats};
-pub use lock::{Fence, LostLock, SourceBusy, SourceLock};
+pub use lock::{Fence, SourceLock};
 pub use rows::*;
 pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus, WatermarkUpdate};
 
@@ -227,19 +229,6 @@ pub const TABLES: &[&str] = &[
     "sync_state",
     "sync_runs",
 ];
-
-/// PostgreSQL did not answer within the bound that the setting `key` gives.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "PostgreSQL did not answer {what} within {}s ({key}): the server or the network to it is gone or stuck; the \
-     run stops here and the next one starts over from what was committed",
-    after.as_secs()
-)]
-pub struct DatabaseTimeout {
-    pub what: String,
-    pub after: Duration,
-    pub key: &'static str,
-}
 
 /// `operation`'s result, or a [`DatabaseTimeout`] naming `key` once it has taken longer than `limit`.
 async fn within<T, E: Into<anyhow::Error>>(

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::walk::{self, OnComplete, RunClock, WalkPlan, WalkStats};
-use super::{Interrupted, Syncer};
+use super::{Interrupted, RunErrorKind, Syncer};
 use crate::api::ListQuery;
 
 /// One window as sent to the API. `None` is an open end.
@@ -141,7 +141,7 @@ pub(super) async fn walk_windows(
         let (window, stats) = match joined {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
-                if e.downcast_ref::<Interrupted>().is_some() {
+                if RunErrorKind::of(&e) == RunErrorKind::Interrupted {
                     // Let the other windows reach the end of their current batch too.
                     while running.join_next().await.is_some() {}
                 } else {
@@ -194,7 +194,7 @@ async fn walk_window(
     let span =
         tracing::info_span!("window", created_after = window.created_after, created_before = window.created_before);
     let stats = walk::walk(&syncer, plan).instrument(span).await.map_err(|e| {
-        if e.downcast_ref::<Interrupted>().is_some() {
+        if RunErrorKind::of(&e) == RunErrorKind::Interrupted {
             return e;
         }
         e.context(format!("window created_after={:?} created_before={:?}", window.created_after, window.created_before))

@@ -6,6 +6,7 @@
 mod backfill;
 pub mod clock;
 mod enrich;
+mod error;
 mod job;
 pub mod normalize;
 mod reconcile;
@@ -18,12 +19,13 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+pub use error::{Interrupted, RunError, RunErrorKind};
 pub use job::Job;
 pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
 use crate::config::Settings;
-use crate::store::{LostLock, RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
+use crate::store::{RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
 use walk::{OnComplete, RunClock, WalkPlan};
 
 /// What a run does.
@@ -49,11 +51,6 @@ impl Mode {
         }
     }
 }
-
-/// The run stopped early because shutdown was requested; everything committed so far stays.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by shutdown before the walk was complete (the watermark stays; the next run continues)")]
-pub struct Interrupted;
 
 /// What a finished run did.
 #[derive(Debug, Clone)]
@@ -249,24 +246,24 @@ impl Syncer {
                 Ok(outcome)
             }
             Err(error) => {
-                let interrupted = error.downcast_ref::<Interrupted>().is_some();
-                let status = if interrupted { RunStatus::Aborted } else { RunStatus::Failed };
+                let kind = RunErrorKind::of(&error);
                 record.error = Some(format!("{error:#}"));
                 record.watermark_after = watermark_before;
-                if let Err(e) = self.store.finish_run(run_id, status, &record).await {
+                if let Err(e) = self.store.finish_run(run_id, kind.run_status(), &record).await {
                     tracing::warn!(error = %e, "could not record the end of the run");
                 }
-                let status = if interrupted { "aborted" } else { "failed" };
-                if error.downcast_ref::<LostLock>().is_some() {
+                let status = kind.status_label();
+                if kind.is_fenced() {
                     metrics::counter!("devin_etl_runs_fenced_total", "source" => self.source().to_owned()).increment(1);
                 }
                 metrics::counter!("devin_etl_runs_total", "mode" => mode.as_str(), "status" => status).increment(1);
-                if interrupted {
+                if kind == RunErrorKind::Interrupted {
                     tracing::warn!(run_id, mode = mode.as_str(), "sync run stopped by shutdown; the watermark stays");
                 } else {
-                    tracing::error!(run_id, mode = mode.as_str(), error = %format!("{error:#}"), "sync run failed; the watermark stays");
+                    tracing::error!(run_id, mode = mode.as_str(), error = %format!("{error:#}"), kind = ?kind, "sync run failed; the watermark stays");
                 }
-                Err(error.context(format!("{} run {run_id} {status}", mode.as_str())))
+                // The classification travels with the error: callers read it with `RunErrorKind::of`.
+                Err(RunError::new(kind, error.context(format!("{} run {run_id} {status}", mode.as_str()))).into())
             }
         }
     }

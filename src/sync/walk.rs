@@ -159,7 +159,7 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
             tokio::spawn(async move { store.write_batch(&source, &batch, &checkpoints).await }.instrument(span))
                 .await
                 .map_err(|e| anyhow::anyhow!("the write task failed: {e}"))
-                .and_then(|written| written)
+                .and_then(|written| written.map_err(anyhow::Error::from))
                 .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
         stats.writing += lap(&mut clock);
         stats.writes.add(&written);

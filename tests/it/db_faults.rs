@@ -13,7 +13,7 @@ use common::proxy::TcpProxy;
 use common::{TestDb, assert_warehouse_matches_where, build_syncer, test_settings};
 use devin_etl::config::Settings;
 use devin_etl::store::Store;
-use devin_etl::sync::{Mode, Syncer};
+use devin_etl::sync::{Mode, RunErrorKind, Syncer};
 use devin_sim::{Fault, RunningSimulator, Simulator, SimulatorConfig};
 use sqlx::Connection as _;
 
@@ -216,6 +216,7 @@ async fn a_reconcile_that_loses_its_lock_stops_and_a_second_reconcile_started_at
 
     let error = outcome(first).await.expect_err("the first reconcile lost its lock");
     assert!(format!("{error:#}").contains("lost the single-flight lock"), "{error:#}");
+    assert_eq!(RunErrorKind::of(&error), RunErrorKind::LockLost, "classified as fenced: {error:#}");
     let (status, message): (String, Option<String>) =
         sqlx::query_as("select status, error from sync_runs where mode = 'reconcile' order by run_id limit 1")
             .fetch_one(world.store().pool())
@@ -240,6 +241,7 @@ async fn a_run_whose_lock_connection_dies_writes_nothing_more_even_when_no_one_e
     let stored_at_kill = world.count("select count(*) from sessions").await;
     let error = outcome(run).await.expect_err("the run lost its lock");
     assert!(format!("{error:#}").contains("lost the single-flight lock"), "{error:#}");
+    assert_eq!(RunErrorKind::of(&error), RunErrorKind::LockLost, "classified as fenced: {error:#}");
     // At most the batch in flight when the lock died committed after it (its fence check came first).
     let stored = world.count("select count(*) from sessions").await;
     assert!(stored <= stored_at_kill + 2 * PAGE as i64, "{stored} stored, {stored_at_kill} when the lock died");
@@ -524,6 +526,7 @@ async fn a_run_taking_over_waits_until_the_old_runs_open_transaction_has_ended()
     assert!(!still_open, "the takeover returned while the old run's transaction was still open");
     let error = outcome(old).await.expect_err("the old run lost its lock");
     assert!(format!("{error:#}").contains("lost the single-flight lock"), "{error:#}");
+    assert_eq!(RunErrorKind::of(&error), RunErrorKind::LockLost, "classified as fenced: {error:#}");
     taken.release().await;
 
     sqlx::raw_sql("drop function public.slow_write() cascade").execute(world.store().pool()).await.unwrap();

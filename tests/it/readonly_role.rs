@@ -8,6 +8,7 @@ use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::TestApp;
+use devin_etl::store::error::sqlstate;
 use devin_etl::sync::Mode;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
@@ -84,7 +85,11 @@ fn assert_permission_denied(result: Result<sqlx::postgres::PgQueryResult, sqlx::
     match result {
         Ok(_) => panic!("{what} succeeded for the read-only role"),
         Err(sqlx::Error::Database(e)) => {
-            assert_eq!(e.code().as_deref(), Some("42501"), "{what}: expected permission denied, got {e}");
+            assert_eq!(
+                e.code().as_deref(),
+                Some(sqlstate::INSUFFICIENT_PRIVILEGE),
+                "{what}: expected permission denied, got {e}"
+            );
         }
         Err(e) => panic!("{what}: unexpected error {e}"),
     }

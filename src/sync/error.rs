@@ -1,0 +1,193 @@
+//! Why a run failed, classified once at the run boundary.
+//!
+//! Errors travel through a run as `anyhow::Error` chains with context. [`RunErrorKind::of`] is the one place
+//! that reads such a chain to tell why the run ended — shutdown, a lost lock, a busy source, the API, the
+//! warehouse (itself classified by [`StoreErrorKind`]), an invalid item — and from that how the run is recorded
+//! ([`RunErrorKind::run_status`]) and counted. `Syncer::run_once`/`sync` keep returning `anyhow::Error`, for
+//! `?` and `{error:#}`; a failed run's error carries its [`RunError`], so callers ask `RunErrorKind::of(&error)`
+//! and get the classification the run recorded.
+
+use crate::api::ApiError;
+use crate::store::{RunStatus, StoreErrorKind};
+
+use super::normalize::InvalidItem;
+
+/// The run stopped early because shutdown was requested; everything committed so far stays.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by shutdown before the walk was complete (the watermark stays; the next run continues)")]
+pub struct Interrupted;
+
+/// Why a run ended with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunErrorKind {
+    /// Shutdown was requested ([`Interrupted`]): the run is recorded as aborted.
+    Interrupted,
+    /// The run lost its source's single-flight lock (fenced): nothing more of it was written.
+    LockLost,
+    /// Another process holds the source's lock; no run was started.
+    SourceBusy,
+    /// The API failed (after its own retries) or refused the request.
+    Api,
+    /// The warehouse failed; the store's own classification (never `LockLost` or `SourceBusy`, which are
+    /// the run's kinds above).
+    Store(StoreErrorKind),
+    /// The API sent an item that breaks the spec.
+    InvalidItem,
+    /// Anything else (a bug, a task that panicked, a walk that ended early).
+    Other,
+}
+
+impl RunErrorKind {
+    /// Why `error` ended a run: the classification recorded in its [`RunError`] when it has one, else that of
+    /// the error types in its chain (shutdown and lock loss first).
+    pub fn of(error: &anyhow::Error) -> RunErrorKind {
+        if let Some(e) = error.chain().find_map(|cause| cause.downcast_ref::<RunError>()) {
+            return e.kind;
+        }
+        if error.chain().any(|cause| cause.is::<Interrupted>()) {
+            return RunErrorKind::Interrupted;
+        }
+        let store = StoreErrorKind::find(error);
+        match store {
+            Some(StoreErrorKind::LockLost) => return RunErrorKind::LockLost,
+            Some(StoreErrorKind::SourceBusy) => return RunErrorKind::SourceBusy,
+            _ => {}
+        }
+        if error.chain().any(|cause| cause.is::<InvalidItem>()) {
+            return RunErrorKind::InvalidItem;
+        }
+        if ApiError::in_chain(error).is_some() {
+            return RunErrorKind::Api;
+        }
+        store.map_or(RunErrorKind::Other, RunErrorKind::Store)
+    }
+
+    /// How a run that ended so is recorded: aborted when shutdown stopped it, failed otherwise.
+    pub fn run_status(self) -> RunStatus {
+        match self {
+            RunErrorKind::Interrupted => RunStatus::Aborted,
+            _ => RunStatus::Failed,
+        }
+    }
+
+    /// The `status` label of `devin_etl_runs_total` and of the error's context ("aborted" or "failed").
+    pub fn status_label(self) -> &'static str {
+        match self.run_status() {
+            RunStatus::Aborted => "aborted",
+            _ => "failed",
+        }
+    }
+
+    /// Whether the run was stopped by its fence (counted in `devin_etl_runs_fenced_total`).
+    pub fn is_fenced(self) -> bool {
+        self == RunErrorKind::LockLost
+    }
+}
+
+/// A run's error with its classification. Shows (and chains) exactly as the error it wraps.
+#[derive(Debug)]
+pub struct RunError {
+    kind: RunErrorKind,
+    error: anyhow::Error,
+}
+
+impl RunError {
+    /// `error`, classified as `kind` (see [`RunErrorKind::of`]).
+    pub fn new(kind: RunErrorKind, error: anyhow::Error) -> RunError {
+        RunError { kind, error }
+    }
+
+    pub fn kind(&self) -> RunErrorKind {
+        self.kind
+    }
+
+    /// The error as it was, without the classification.
+    pub fn into_inner(self) -> anyhow::Error {
+        self.error
+    }
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(error: anyhow::Error) -> RunError {
+        RunError { kind: RunErrorKind::of(&error), error }
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{DatabaseTimeout, LostLock, SourceBusy, StoreError};
+
+    fn lost() -> anyhow::Error {
+        LostLock { source_name: "s".into(), why: "gone".into() }.into()
+    }
+
+    #[test]
+    fn chains_are_classified() {
+        let of = |e: anyhow::Error| RunErrorKind::of(&e);
+        assert_eq!(
+            of(anyhow::Error::from(Interrupted).context("window created_after=None")),
+            RunErrorKind::Interrupted
+        );
+        assert_eq!(of(lost().context("stopped writing a batch").context("writing page 3")), RunErrorKind::LockLost);
+        // Wrapped by the batch writer: its kind is kept even though the lock error is then its chain's head.
+        let written = anyhow::Error::from(StoreError::from(lost())).context("writing page 3");
+        assert_eq!(of(written), RunErrorKind::LockLost);
+        assert_eq!(of(SourceBusy("s".into()).into()), RunErrorKind::SourceBusy);
+        let timeout =
+            DatabaseTimeout { what: "x".into(), after: Duration::from_secs(1), key: "database.operation_timeout" };
+        assert_eq!(of(anyhow::Error::from(timeout).context("writing")), RunErrorKind::Store(StoreErrorKind::Timeout));
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(of(anyhow::Error::from(io).context("x")), RunErrorKind::Store(StoreErrorKind::ConnectionLost));
+        let invalid = InvalidItem { request: "/x".into(), index: 0, session_id: None, problem: "bad".into() };
+        assert_eq!(of(anyhow::Error::from(invalid).context("incremental walk")), RunErrorKind::InvalidItem);
+        let api = ApiError::Status { request: "/x".into(), status: 401, body: String::new(), retry_after: None };
+        assert_eq!(of(anyhow::Error::from(api).context("asking the API for its clock")), RunErrorKind::Api);
+        assert_eq!(of(anyhow::anyhow!("a window task failed")), RunErrorKind::Other);
+    }
+
+    #[test]
+    fn a_run_error_keeps_its_kind_and_its_text() {
+        let inner = anyhow::Error::from(Interrupted).context("incremental walk");
+        let text = format!("incremental run 7 aborted: {inner:#}");
+        let error =
+            anyhow::Error::from(RunError::new(RunErrorKind::Interrupted, inner)).context("incremental run 7 aborted");
+        assert_eq!(format!("{error:#}"), text);
+        assert_eq!(RunErrorKind::of(&error), RunErrorKind::Interrupted);
+        // Or with the run's context inside.
+        let error = anyhow::Error::from(RunError::from(lost().context("incremental run 8 failed")));
+        assert_eq!(RunErrorKind::of(&error), RunErrorKind::LockLost);
+        assert!(format!("{error:#}").starts_with("incremental run 8 failed: lost the single-flight lock"), "{error:#}");
+    }
+
+    #[test]
+    fn status_and_fencing() {
+        assert_eq!(RunErrorKind::Interrupted.run_status(), RunStatus::Aborted);
+        assert_eq!(RunErrorKind::Interrupted.status_label(), "aborted");
+        for kind in [
+            RunErrorKind::LockLost,
+            RunErrorKind::Api,
+            RunErrorKind::Store(StoreErrorKind::Timeout),
+            RunErrorKind::Other,
+        ] {
+            assert_eq!(kind.run_status(), RunStatus::Failed, "{kind:?}");
+            assert_eq!(kind.status_label(), "failed");
+        }
+        assert!(RunErrorKind::LockLost.is_fenced());
+        assert!(!RunErrorKind::Interrupted.is_fenced());
+    }
+}
