@@ -67,9 +67,15 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let watermark = match (s.watermark_time, s.lag_seconds) {
-        (Some(t), Some(lag)) if lag >= 0 => format!("{} ({} ago)", t.to_rfc3339(), human::duration(Duration::from_secs(lag.unsigned_abs()))),
+        (Some(t), Some(lag)) if lag >= 0 => {
+            format!("{} ({} ago)", t.to_rfc3339(), human::duration(Duration::from_secs(lag.unsigned_abs())))
+        }
         // The API server's clock is ahead of this machine's.
-        (Some(t), Some(lag)) => format!("{} ({} ahead of this machine's clock)", t.to_rfc3339(), human::duration(Duration::from_secs(lag.unsigned_abs()))),
+        (Some(t), Some(lag)) => format!(
+            "{} ({} ahead of this machine's clock)",
+            t.to_rfc3339(),
+            human::duration(Duration::from_secs(lag.unsigned_abs()))
+        ),
         _ => "none yet (no walk has completed)".to_owned(),
     };
     out.push_str(&format!(

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod grant;
 pub mod migrate;
+mod progress_bar;
 pub mod service;
 pub mod simulate;
 pub mod status;

@@ -13,7 +13,8 @@ pub async fn run(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     let listen = settings.server.listen;
     let max_staleness = settings.server.max_staleness;
     let max_run_duration = settings.server.max_run_duration;
-    let syncer = app::syncer(settings).await?.with_shutdown(stopped.clone());
+    let syncer =
+        app::syncer(settings).await?.with_shutdown(stopped.clone()).with_progress(super::progress_bar::for_stderr());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;

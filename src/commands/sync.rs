@@ -9,7 +9,7 @@ use crate::sync::Job;
 pub async fn run(settings: Settings, job: Job) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::schedule::forward_signals(stop));
-    let syncer = app::syncer(settings).await?.with_shutdown(stopped);
+    let syncer = app::syncer(settings).await?.with_shutdown(stopped).with_progress(super::progress_bar::for_stderr());
     // Takes the source's lock for itself, and fails at once when another process holds it.
     syncer.run_job(job).await.map(drop)
 }

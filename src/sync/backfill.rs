@@ -3,14 +3,11 @@
 //! becomes the server time at the backfill's start (minus settle), so the next incremental run picks up
 //! whatever changed while the backfill ran. Reconcile walks the same windows (see `reconcile.rs`).
 
-use std::io::IsTerminal as _;
-use std::time::Duration;
-
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use super::progress::Progress;
 use super::walk::{self, OnComplete, RunClock, WalkPlan, WalkStats};
 use super::{Interrupted, RunErrorKind, Syncer};
 use crate::api::ListQuery;
@@ -118,8 +115,7 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
     Ok(total)
 }
 
-/// Walks `todo` windows, `backfill_concurrency` at a time, showing progress (a bar on a terminal, a log line
-/// per window otherwise). `setup` says what each window's walk commits and records. Stops at the first error;
+/// Walks `todo` windows, `backfill_concurrency` at a time, reporting [`Progress`] to the syncer's sink. `setup` says what each window's walk commits and records. Stops at the first error;
 /// on shutdown, lets running windows finish their current batch and starts no new one.
 pub(super) async fn walk_windows(
     syncer: &Syncer,
@@ -130,7 +126,8 @@ pub(super) async fn walk_windows(
     let mut total = WalkStats::default();
     let mut running = JoinSet::new();
     let mut finished = total_windows - todo.len();
-    let progress = Progress::new(total_windows, finished);
+    let progress = syncer.progress();
+    progress(&Progress::Started { windows_total: total_windows, windows_done: finished });
     let mut queue = todo.into_iter();
     let concurrency = syncer.settings().sync.backfill_concurrency;
     for window in queue.by_ref().take(concurrency) {
@@ -147,18 +144,25 @@ pub(super) async fn walk_windows(
                 } else {
                     running.abort_all();
                 }
-                progress.abandon();
+                progress(&Progress::Abandoned);
                 return Err(e);
             }
             Err(e) => {
                 running.abort_all();
-                progress.abandon();
+                progress(&Progress::Abandoned);
                 return Err(anyhow::anyhow!("a window task failed: {e}"));
             }
         };
         finished += 1;
         total.absorb(&stats);
-        progress.window_done(finished, total_windows, &window, &stats, total.items);
+        progress(&Progress::WindowDone {
+            created_after: window.created_after,
+            created_before: window.created_before,
+            sessions: stats.items,
+            sessions_total: total.items,
+            windows_done: finished,
+            windows_total: total_windows,
+        });
         if syncer.shutdown_requested() {
             continue; // start nothing new; the running windows stop after their batch
         }
@@ -168,10 +172,10 @@ pub(super) async fn walk_windows(
         }
     }
     if queue.len() > 0 {
-        progress.abandon();
+        progress(&Progress::Abandoned);
         return Err(Interrupted.into());
     }
-    progress.finish();
+    progress(&Progress::Finished);
     Ok(total)
 }
 
@@ -200,60 +204,6 @@ async fn walk_window(
         e.context(format!("window created_after={:?} created_before={:?}", window.created_after, window.created_before))
     })?;
     Ok((window, stats))
-}
-
-/// Windows done / total, sessions loaded, rate and ETA: a bar on a terminal, one log line per window otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-}
-
-impl Progress {
-    fn new(total: usize, done: usize) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total as u64).with_position(done as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} windows {pos}/{len} [{bar:30}] {msg} · {elapsed} elapsed, ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        Progress { bar }
-    }
-
-    fn window_done(&self, finished: usize, total: usize, window: &Window, stats: &WalkStats, sessions: u64) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(finished as u64);
-                let rate = sessions as f64 / bar.elapsed().as_secs_f64().max(0.001);
-                bar.set_message(format!("{sessions} sessions, {rate:.0}/s"));
-            }
-            None => tracing::info!(
-                window_created_after = window.created_after,
-                window_created_before = window.created_before,
-                sessions = stats.items,
-                sessions_total = sessions,
-                windows_done = finished,
-                windows_total = total,
-                "window done ({finished}/{total}, {sessions} sessions so far)"
-            ),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-        }
-    }
-
-    fn abandon(&self) {
-        if let Some(bar) = &self.bar {
-            bar.abandon();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod enrich;
 mod error;
 mod job;
 pub mod normalize;
+pub mod progress;
 mod reconcile;
 mod walk;
 
@@ -21,6 +22,7 @@ use tracing::Instrument as _;
 
 pub use error::{Interrupted, RunError, RunErrorKind};
 pub use job::Job;
+pub use progress::{Progress, ProgressSink};
 pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
@@ -84,6 +86,8 @@ pub struct Syncer {
     api: ApiClient,
     store: Store,
     shutdown: Option<watch::Receiver<bool>>,
+    /// Where the window walks report progress (a log line per window unless set).
+    progress: ProgressSink,
 }
 
 /// Source, API endpoint and warehouse only: nothing that could hold a secret (the token, the database password).
@@ -99,13 +103,23 @@ impl std::fmt::Debug for Syncer {
 
 impl Syncer {
     pub fn new(settings: Settings, api: ApiClient, store: Store) -> Syncer {
-        Syncer { settings, api, store, shutdown: None }
+        Syncer { settings, api, store, shutdown: None, progress: progress::log_lines() }
     }
 
     /// Runs stop between batches once `shutdown` turns true.
     pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Syncer {
         self.shutdown = Some(shutdown);
         self
+    }
+
+    /// Window walks (backfill, reconcile) report their progress to `sink` instead of logging a line per window.
+    pub fn with_progress(mut self, sink: ProgressSink) -> Syncer {
+        self.progress = sink;
+        self
+    }
+
+    fn progress(&self) -> ProgressSink {
+        self.progress.clone()
     }
 
     pub fn store(&self) -> &Store {

@@ -271,3 +271,37 @@ async fn an_invalid_item_fails_the_page_and_commits_nothing_of_it() {
     app.syncer.run_once(Mode::Incremental).await.unwrap();
     app.assert_matches_truth().await;
 }
+
+#[tokio::test]
+async fn a_backfill_reports_its_progress_as_events_window_by_window() {
+    use devin_etl::sync::Progress;
+    use std::sync::{Arc, Mutex};
+
+    let app = TestApp::spawn(300).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let syncer = app.syncer.clone().with_progress(Arc::new(move |p: &Progress| sink.lock().unwrap().push(p.clone())));
+    let outcome = syncer.run_once(Mode::Backfill).await.unwrap();
+    app.assert_matches_truth().await;
+
+    let events = events.lock().unwrap().clone();
+    let Some(Progress::Started { windows_total, windows_done: 0 }) = events.first().cloned() else {
+        panic!("starts with the plan: {events:?}")
+    };
+    assert!(windows_total >= 3, "several windows: {events:?}");
+    assert_eq!(events.last(), Some(&Progress::Finished), "{events:?}");
+    let done: Vec<_> = events[1..events.len() - 1]
+        .iter()
+        .map(|e| match e {
+            Progress::WindowDone { windows_done, windows_total: total, sessions, sessions_total, .. } => {
+                assert_eq!(*total, windows_total);
+                (*windows_done, *sessions, *sessions_total)
+            }
+            other => panic!("only windows between start and finish: {other:?}"),
+        })
+        .collect();
+    assert_eq!(done.iter().map(|d| d.0).collect::<Vec<_>>(), (1..=windows_total).collect::<Vec<_>>(), "counts up");
+    let read: u64 = done.iter().map(|d| d.1).sum();
+    assert_eq!(read, outcome.items, "every session read is reported once");
+    assert_eq!(done.last().map(|d| d.2), Some(read), "the running total ends at the sum");
+}

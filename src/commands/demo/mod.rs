@@ -49,7 +49,7 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
     settings.api.base_url = server.base_url().parse().context("simulator URL")?;
     settings.api.token = Some(SecretString::from(sim.token().to_owned()));
 
-    let syncer = app::syncer(settings).await?;
+    let syncer = app::syncer(settings).await?.with_progress(super::progress_bar::for_stderr());
     if demo_database {
         // The demo database is the demo's own: start from an empty warehouse so every demo shows a full backfill.
         reset_schema(&syncer).await?;
