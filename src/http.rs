@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::human;
 use crate::store::Store;
+use crate::telemetry::metric;
 
 /// How long `/readyz` and `/metrics` wait for the database before calling it unreachable. Well under the
 /// usual probe timeout, so a probe gets an answer with a reason rather than a timeout.
@@ -159,7 +160,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let watermark = shared.last_watermark.load(Ordering::Relaxed);
     if watermark != i64::MIN {
         let lag = chrono::Utc::now().timestamp().saturating_sub(watermark);
-        metrics::gauge!("devin_etl_watermark_lag_seconds", "source" => state.source.clone()).set(lag as f64);
+        metrics::gauge!(metric::WATERMARK_LAG, "source" => state.source.clone()).set(lag as f64);
     }
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render())
 }

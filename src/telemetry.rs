@@ -11,6 +11,43 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
+/// The name of every metric the service exports, spelled once: where it is recorded, described, and in tests.
+pub mod metric {
+    pub const RUNS: &str = "devin_etl_runs_total";
+    pub const PAGES: &str = "devin_etl_pages_total";
+    pub const SESSIONS_READ: &str = "devin_etl_sessions_read_total";
+    pub const SESSIONS_UPSERTED: &str = "devin_etl_sessions_upserted_total";
+    pub const ROWS_WRITTEN: &str = "devin_etl_rows_written_total";
+    pub const API_REQUESTS: &str = "devin_etl_api_requests_total";
+    pub const API_RETRIES: &str = "devin_etl_api_retries_total";
+    pub const RUN_DURATION: &str = "devin_etl_run_duration_seconds";
+    pub const WATERMARK_LAG: &str = "devin_etl_watermark_lag_seconds";
+    pub const LAST_SUCCESS: &str = "devin_etl_last_success_timestamp_seconds";
+    pub const CLOCK_ANOMALIES: &str = "devin_etl_clock_anomalies_total";
+    pub const LOCK_LOST: &str = "devin_etl_lock_lost_total";
+    pub const RUNS_FENCED: &str = "devin_etl_runs_fenced_total";
+
+    /// Every metric.
+    pub const ALL: &[&str] = &[
+        RUNS,
+        PAGES,
+        SESSIONS_READ,
+        SESSIONS_UPSERTED,
+        ROWS_WRITTEN,
+        API_REQUESTS,
+        API_RETRIES,
+        RUN_DURATION,
+        WATERMARK_LAG,
+        LAST_SUCCESS,
+        CLOCK_ANOMALIES,
+        LOCK_LOST,
+        RUNS_FENCED,
+    ];
+
+    /// The metrics that appear only after a fault (a clock anomaly, a lost lock): a healthy run never emits them.
+    pub const ONLY_AFTER_A_FAULT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED];
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
 /// Safe to call more than once (later calls are no-ops), which tests rely on.
 pub fn init(settings: &LogSettings) {
@@ -49,7 +86,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("devin_etl_run_duration_seconds".to_owned()), RUN_DURATION_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(metric::RUN_DURATION.to_owned()), RUN_DURATION_BUCKETS)
         .context("configuring the histogram buckets of devin_etl_run_duration_seconds")?
         .install_recorder()
         .context("installing the Prometheus metrics recorder")?;
@@ -62,41 +99,56 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// so dashboards and `rate()` see them before the first run.
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("devin_etl_runs_total", Unit::Count, "Finished sync runs, by mode and final status.");
-    describe_counter!("devin_etl_pages_total", Unit::Count, "API pages fetched and loaded, by run mode.");
+    describe_counter!(metric::RUNS, Unit::Count, "Finished sync runs, by mode and final status.");
+    describe_counter!(metric::PAGES, Unit::Count, "API pages fetched and loaded, by run mode.");
     describe_counter!(
-        "devin_etl_sessions_read_total",
+        metric::SESSIONS_READ,
         Unit::Count,
         "Sessions read from the API (repeats included), by run mode."
     );
     describe_counter!(
-        "devin_etl_sessions_upserted_total",
+        metric::SESSIONS_UPSERTED,
         Unit::Count,
         "Sessions inserted or updated in the warehouse (unchanged re-reads excluded), by run mode."
     );
-    describe_counter!("devin_etl_rows_written_total", Unit::Count, "Rows written to the warehouse, by table.");
+    describe_counter!(metric::ROWS_WRITTEN, Unit::Count, "Rows written to the warehouse, by table.");
     describe_counter!(
-        "devin_etl_api_requests_total",
+        metric::API_REQUESTS,
         Unit::Count,
         "Requests to the Devin API, by HTTP status code (\"error\" when no response arrived)."
     );
-    describe_counter!("devin_etl_api_retries_total", Unit::Count, "Retried requests to the Devin API.");
-    describe_histogram!("devin_etl_run_duration_seconds", Unit::Seconds, "Wall-clock duration of sync runs, by mode.");
+    describe_counter!(metric::API_RETRIES, Unit::Count, "Retried requests to the Devin API.");
+    describe_histogram!(metric::RUN_DURATION, Unit::Seconds, "Wall-clock duration of sync runs, by mode.");
     describe_gauge!(
-        "devin_etl_watermark_lag_seconds",
+        metric::WATERMARK_LAG,
         Unit::Seconds,
         "Now minus the source's watermark (API server time up to which every change is in the warehouse); \
          set on each scrape."
     );
     describe_gauge!(
-        "devin_etl_last_success_timestamp_seconds",
+        metric::LAST_SUCCESS,
         Unit::Seconds,
         "Unix time at which the last successful run of a source and mode finished (in this process)."
     );
+    describe_counter!(
+        metric::CLOCK_ANOMALIES,
+        Unit::Count,
+        "Times the API server's clock disagreed with elapsed time beyond sync.clock_tolerance, by source."
+    );
+    describe_counter!(
+        metric::LOCK_LOST,
+        Unit::Count,
+        "Times a run's single-flight lock connection failed its heartbeat, by source."
+    );
+    describe_counter!(
+        metric::RUNS_FENCED,
+        Unit::Count,
+        "Runs stopped because they no longer held their source's lock (fenced), by source."
+    );
     for mode in ["incremental", "backfill"] {
         for status in ["succeeded", "failed", "aborted"] {
-            metrics::counter!("devin_etl_runs_total", "mode" => mode, "status" => status).increment(0);
+            metrics::counter!(metric::RUNS, "mode" => mode, "status" => status).increment(0);
         }
     }
-    metrics::counter!("devin_etl_api_retries_total").increment(0);
+    metrics::counter!(metric::API_RETRIES).increment(0);
 }

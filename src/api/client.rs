@@ -16,6 +16,7 @@ use url::Url;
 
 use super::models::PageEnvelope;
 use crate::config::ApiSettings;
+use crate::telemetry::metric;
 
 /// The endpoint this client reads.
 pub const INSIGHTS_PATH: &str = "/v3/enterprise/sessions/insights";
@@ -193,7 +194,7 @@ impl ApiClient {
                 });
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("devin_etl_api_retries_total").increment(1);
+            metrics::counter!(metric::API_RETRIES).increment(1);
             tracing::warn!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying request");
             tokio::time::sleep(wait).await;
         }
@@ -216,11 +217,11 @@ impl ApiClient {
             .header(AUTHORIZATION, self.authorization.clone())
             .send()
             .await
-            .inspect_err(|_| metrics::counter!("devin_etl_api_requests_total", "status" => "error").increment(1))
+            .inspect_err(|_| metrics::counter!(metric::API_REQUESTS, "status" => "error").increment(1))
             .map_err(transport)?;
         let received_at = std::time::Instant::now();
         let status = response.status();
-        metrics::counter!("devin_etl_api_requests_total", "status" => status.as_str().to_owned()).increment(1);
+        metrics::counter!(metric::API_REQUESTS, "status" => status.as_str().to_owned()).increment(1);
         let headers = response.headers().clone();
         let server_time = server_time(&headers);
         let announced_len = response.content_length();

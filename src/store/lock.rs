@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::Store;
 use super::error::LostLock;
+use crate::telemetry::metric;
 
 /// How often the lock connection is pinged: keeps proxies and NAT from dropping it as idle, and notices its loss
 /// (within this plus [`PING_TIMEOUT`]) even while the run is not writing.
@@ -154,7 +155,7 @@ async fn keep(mut conn: PgConnection, fence: Fence, mut stop: oneshot::Receiver<
                 };
                 inner.lost.send_replace(true);
                 tracing::error!(source = inner.source, "lost the single-flight lock: {problem}");
-                metrics::counter!("devin_etl_lock_lost_total", "source" => inner.source.clone()).increment(1);
+                metrics::counter!(metric::LOCK_LOST, "source" => inner.source.clone()).increment(1);
                 return; // dropping the connection frees the lock on the server, if it is still there
             }
         }

@@ -28,6 +28,7 @@ pub use walk::WalkStats;
 use crate::api::{ApiClient, ListQuery};
 use crate::config::Settings;
 use crate::store::{RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
+use crate::telemetry::metric;
 use walk::{OnComplete, RunClock, WalkPlan};
 
 /// What a run does.
@@ -224,7 +225,7 @@ impl Syncer {
             ..RunRecord::default()
         };
         let elapsed = started.elapsed();
-        metrics::histogram!("devin_etl_run_duration_seconds", "mode" => mode.as_str()).record(elapsed.as_secs_f64());
+        metrics::histogram!(metric::RUN_DURATION, "mode" => mode.as_str()).record(elapsed.as_secs_f64());
         match result {
             Ok(work) => {
                 let stats = work.walks;
@@ -268,9 +269,9 @@ impl Syncer {
                 }
                 let status = kind.status_label();
                 if kind.is_fenced() {
-                    metrics::counter!("devin_etl_runs_fenced_total", "source" => self.source().to_owned()).increment(1);
+                    metrics::counter!(metric::RUNS_FENCED, "source" => self.source().to_owned()).increment(1);
                 }
-                metrics::counter!("devin_etl_runs_total", "mode" => mode.as_str(), "status" => status).increment(1);
+                metrics::counter!(metric::RUNS, "mode" => mode.as_str(), "status" => status).increment(1);
                 if kind == RunErrorKind::Interrupted {
                     tracing::warn!(run_id, mode = mode.as_str(), "sync run stopped by shutdown; the watermark stays");
                 } else {
@@ -327,17 +328,17 @@ impl From<WalkStats> for Work {
 
 fn record_metrics(source: &str, o: &RunOutcome, status: &'static str) {
     let mode = o.mode.as_str();
-    metrics::counter!("devin_etl_runs_total", "mode" => mode, "status" => status).increment(1);
-    metrics::counter!("devin_etl_pages_total", "mode" => mode).increment(o.pages);
-    metrics::counter!("devin_etl_sessions_read_total", "mode" => mode).increment(o.items);
-    metrics::counter!("devin_etl_sessions_upserted_total", "mode" => mode).increment(o.writes.sessions_written);
+    metrics::counter!(metric::RUNS, "mode" => mode, "status" => status).increment(1);
+    metrics::counter!(metric::PAGES, "mode" => mode).increment(o.pages);
+    metrics::counter!(metric::SESSIONS_READ, "mode" => mode).increment(o.items);
+    metrics::counter!(metric::SESSIONS_UPSERTED, "mode" => mode).increment(o.writes.sessions_written);
     for (table, n) in &o.writes.rows {
-        metrics::counter!("devin_etl_rows_written_total", "table" => *table).increment(*n);
+        metrics::counter!(metric::ROWS_WRITTEN, "table" => *table).increment(*n);
     }
     let now = chrono::Utc::now().timestamp() as f64;
-    metrics::gauge!("devin_etl_last_success_timestamp_seconds", "source" => source.to_owned(), "mode" => mode).set(now);
+    metrics::gauge!(metric::LAST_SUCCESS, "source" => source.to_owned(), "mode" => mode).set(now);
     if let Some(w) = o.watermark_after {
-        metrics::gauge!("devin_etl_watermark_lag_seconds", "source" => source.to_owned()).set(now - w as f64);
+        metrics::gauge!(metric::WATERMARK_LAG, "source" => source.to_owned()).set(now - w as f64);
     }
 }
 

@@ -16,6 +16,7 @@ use super::normalize::{self, DecodedItem};
 use super::{Interrupted, Syncer, clock};
 use crate::api::{ApiClient, ListQuery, Page};
 use crate::store::{Batch, Checkpoint, WriteStats};
+use crate::telemetry::metric;
 
 /// Pages fetched ahead of the writer.
 const PIPELINE_DEPTH: usize = 2;
@@ -291,7 +292,7 @@ pub fn decide_watermark(
     let update = clock::decide(seen, &clock.state, settle_secs, clock.tolerance_secs);
     if let Some(anomaly) = &update.anomaly {
         tracing::warn!(source, request = %request, candidate, watermark = update.value, "clock anomaly: {anomaly}");
-        metrics::counter!("devin_etl_clock_anomalies_total", "source" => source.to_owned()).increment(1);
+        metrics::counter!(metric::CLOCK_ANOMALIES, "source" => source.to_owned()).increment(1);
     }
     Some(update)
 }

@@ -509,17 +509,10 @@ fn deploy_guide_covers_every_file_and_metric() {
         "/healthz",
         "/readyz",
         "/metrics",
-        "devin_etl_runs_total",
-        "devin_etl_pages_total",
-        "devin_etl_sessions_read_total",
-        "devin_etl_sessions_upserted_total",
-        "devin_etl_rows_written_total",
-        "devin_etl_api_requests_total",
-        "devin_etl_api_retries_total",
-        "devin_etl_run_duration_seconds",
-        "devin_etl_watermark_lag_seconds",
-        "devin_etl_last_success_timestamp_seconds",
-    ] {
+    ]
+    .into_iter()
+    .chain(devin_etl::telemetry::metric::ALL.iter().copied())
+    {
         assert!(guide.contains(needle), "docs/deploy.md does not mention {needle}");
     }
 }

@@ -11,7 +11,7 @@ use common::{TestApp, TestDb, admin_url, test_settings};
 use devin_etl::http::{HttpState, serve};
 use devin_etl::store::Store;
 use devin_etl::sync::Mode;
-use devin_etl::telemetry::install_metrics;
+use devin_etl::telemetry::{install_metrics, metric};
 use devin_sim::{Fault, SimulatorConfig};
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -339,20 +339,6 @@ fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
-/// Names of every metric the service exports (and describes).
-const METRICS: &[&str] = &[
-    "devin_etl_runs_total",
-    "devin_etl_pages_total",
-    "devin_etl_sessions_read_total",
-    "devin_etl_sessions_upserted_total",
-    "devin_etl_rows_written_total",
-    "devin_etl_api_requests_total",
-    "devin_etl_api_retries_total",
-    "devin_etl_run_duration_seconds",
-    "devin_etl_watermark_lag_seconds",
-    "devin_etl_last_success_timestamp_seconds",
-];
-
 #[tokio::test]
 async fn metrics_are_prometheus_text_and_counters_move_with_a_run() {
     // A source of its own: the recorder is process-wide and other tests in this binary run syncs too.
@@ -368,7 +354,7 @@ async fn metrics_are_prometheus_text_and_counters_move_with_a_run() {
     let (status, content_type, before) = served.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
-    for name in ["devin_etl_runs_total", "devin_etl_api_retries_total"] {
+    for name in [metric::RUNS, metric::API_RETRIES] {
         assert!(before.contains(&format!("# HELP {name} ")), "{name} is described from the start:\n{before}");
         assert!(before.contains(&format!("# TYPE {name} counter")), "{before}");
     }
@@ -378,7 +364,7 @@ async fn metrics_are_prometheus_text_and_counters_move_with_a_run() {
     app.syncer.run_once(Mode::Incremental).await.unwrap();
     let (_, _, after) = served.get("/metrics").await;
 
-    for name in METRICS {
+    for name in metric::ALL.iter().filter(|name| !metric::ONLY_AFTER_A_FAULT.contains(name)) {
         assert!(after.contains(&format!("# HELP {name} ")), "HELP line of {name} missing:\n{after}");
     }
     let moved = |name: &str, labels: &[(&str, &str)]| {
@@ -386,35 +372,34 @@ async fn metrics_are_prometheus_text_and_counters_move_with_a_run() {
         let a = sample_sum(&after, name, labels).unwrap_or_else(|| panic!("{name}{labels:?} missing:\n{after}"));
         a - b
     };
-    assert!(moved("devin_etl_runs_total", &[("mode", "incremental"), ("status", "succeeded")]) >= 1.0);
-    assert!(moved("devin_etl_pages_total", &[("mode", "incremental")]) >= 1.0);
-    assert!(moved("devin_etl_sessions_read_total", &[("mode", "incremental")]) >= 60.0);
-    assert!(moved("devin_etl_sessions_upserted_total", &[("mode", "incremental")]) >= 60.0);
-    assert!(moved("devin_etl_rows_written_total", &[("table", "sessions")]) >= 60.0);
-    assert!(moved("devin_etl_api_requests_total", &[("status", "200")]) >= 2.0, "60 sessions in pages of 50");
+    assert!(moved(metric::RUNS, &[("mode", "incremental"), ("status", "succeeded")]) >= 1.0);
+    assert!(moved(metric::PAGES, &[("mode", "incremental")]) >= 1.0);
+    assert!(moved(metric::SESSIONS_READ, &[("mode", "incremental")]) >= 60.0);
+    assert!(moved(metric::SESSIONS_UPSERTED, &[("mode", "incremental")]) >= 60.0);
+    assert!(moved(metric::ROWS_WRITTEN, &[("table", "sessions")]) >= 60.0);
+    assert!(moved(metric::API_REQUESTS, &[("status", "200")]) >= 2.0, "60 sessions in pages of 50");
     assert!(moved("devin_etl_run_duration_seconds_count", &[("mode", "incremental")]) >= 1.0);
     assert!(
         after.lines().any(|l| l.starts_with("devin_etl_run_duration_seconds_bucket") && l.contains("le=\"3600\"")),
         "run duration buckets reach an hour:\n{after}"
     );
-    let last_success =
-        sample_sum(&after, "devin_etl_last_success_timestamp_seconds", &[("source", source), ("mode", "incremental")])
-            .expect("last success gauge");
+    let last_success = sample_sum(&after, metric::LAST_SUCCESS, &[("source", source), ("mode", "incremental")])
+        .expect("last success gauge");
     assert!(last_success >= started as f64, "{last_success} < {started}");
 
     // Lag = our clock − watermark, where the watermark is the API server's time (an hour behind) − settle (30 s).
     let watermark = app.store().watermark(source).await.unwrap().expect("watermark after a run");
-    let lag = sample_sum(&after, "devin_etl_watermark_lag_seconds", &[("source", source)]).expect("lag gauge");
+    let lag = sample_sum(&after, metric::WATERMARK_LAG, &[("source", source)]).expect("lag gauge");
     let expected = (chrono::Utc::now().timestamp() - watermark) as f64;
     assert!((expected - lag).abs() <= 5.0, "lag {lag}, expected about {expected}");
     assert!((3600.0..3700.0).contains(&lag), "lag {lag}");
 
     // Retried requests are counted.
-    let retries_before = sample_sum(&after, "devin_etl_api_retries_total", &[]).unwrap_or(0.0);
+    let retries_before = sample_sum(&after, metric::API_RETRIES, &[]).unwrap_or(0.0);
     app.sim.inject(0, Fault::Status { code: 503, retry_after: None }, 1);
     app.syncer.run_once(Mode::Incremental).await.unwrap();
     let (_, _, last) = served.get("/metrics").await;
-    assert!(sample_sum(&last, "devin_etl_api_retries_total", &[]).unwrap_or(0.0) >= retries_before + 1.0, "{last}");
-    assert!(sample_sum(&last, "devin_etl_api_requests_total", &[("status", "503")]).unwrap_or(0.0) >= 1.0, "{last}");
+    assert!(sample_sum(&last, metric::API_RETRIES, &[]).unwrap_or(0.0) >= retries_before + 1.0, "{last}");
+    assert!(sample_sum(&last, metric::API_REQUESTS, &[("status", "503")]).unwrap_or(0.0) >= 1.0, "{last}");
     served.stop().await;
 }
