@@ -7,7 +7,6 @@
 //! was soft-deleted. An older copy never overwrites a newer one. Child rows of every written session are
 //! replaced as a set; unchanged sessions cost no writes at all.
 
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use anyhow::Context as _;
@@ -16,9 +15,10 @@ use sqlx::query::Query;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
+use super::checkpoint::{Checkpoint, WriteStats};
 use super::columns::{Column, ColumnBuffer};
 use super::rows::Batch;
-use super::state::{self, WatermarkUpdate};
+use super::state;
 
 /// A column as sent: `(name, array element type of the parameter, expression that converts it)`.
 type ColumnSpec = (&'static str, &'static str, &'static str);
@@ -252,39 +252,6 @@ fn bind_columns<'q>(
         };
     }
     query
-}
-
-/// Progress that commits together with a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Checkpoint {
-    /// The walk is complete: set the source's watermark as `sync::clock` decided.
-    Watermark { source: String, update: WatermarkUpdate },
-    /// A backfill window is fully loaded.
-    WindowDone { source: String, created_after: i64, created_before: i64, sessions: i64 },
-    /// A reconcile run saw these sessions.
-    Seen { run_id: i64, session_ids: Vec<String> },
-}
-
-/// What a batch wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteStats {
-    /// Sessions inserted or changed.
-    pub sessions_written: u64,
-    /// Rows written per table (`sessions` included).
-    pub rows: BTreeMap<&'static str, u64>,
-}
-
-impl WriteStats {
-    pub fn add(&mut self, other: &WriteStats) {
-        self.sessions_written += other.sessions_written;
-        for (table, n) in &other.rows {
-            *self.rows.entry(table).or_default() += n;
-        }
-    }
-
-    pub fn total_rows(&self) -> u64 {
-        self.rows.values().sum()
-    }
 }
 
 /// A deadlock or serialization failure is resolved by running the same batch again.

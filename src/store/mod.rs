@@ -3,6 +3,7 @@
 //! Every connection's `search_path` is the configured schema, so SQL here and in the migrations uses
 //! unqualified names and one database can hold several independent warehouses.
 
+mod checkpoint;
 mod columns;
 mod grants;
 pub mod health;
@@ -20,10 +21,11 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-pub use load::{Checkpoint, CopyPayload, WriteStats};
+pub use checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
+pub use load::CopyPayload;
 pub use lock::{Fence, LostLock, SourceBusy, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus, WatermarkUpdate};
+pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
 
 use crate::config::DatabaseSettings;
 
