@@ -3,7 +3,7 @@
 //! with their casts, the merge, the child-row replacement, `analyze` and the table counts are all derived from
 //! here; `tests/catalogue.rs` compares it with the migrated database.
 
-/// How a column's values are staged in a [`ColumnBuffer`](super::columns::ColumnBuffer) and sent.
+/// How a column's values are staged in the batch's column buffers and sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staging {
     Text,
