@@ -1,13 +1,14 @@
-//! Bulk load of a [`Batch`]: one `insert … select … from unnest($1, $2, …)` per table with every column bound
-//! as an array, all in one transaction together with the batch's checkpoints (watermark, finished backfill
-//! window).
+//! Bulk load of a [`Batch`], in one transaction together with the batch's checkpoints (watermark, finished
+//! backfill window). When the warehouse holds none of the batch's sessions, every table's rows are COPYed
+//! (`copy_new_sessions`); otherwise the sessions are merged by one `insert … select … from unnest($1, $2, …)`
+//! statement with every column bound as an array (`MERGE_SESSIONS`), and the child rows of the sessions it
+//! wrote are replaced. Every statement is derived from the catalogue (`catalogue.rs`).
 //!
-//! Merge rules (DESIGN.md "Idempotent upsert"): a session is written when it is new, when its `updated_at`
-//! is newer, or when it is as new but its content differs (late analysis does not bump `updated_at`) or it
-//! was soft-deleted. An older copy never overwrites a newer one. Child rows of every written session are
-//! replaced as a set; unchanged sessions cost no writes at all.
+//! Merge rules: a session is written when it is new, when its `updated_at` is newer, or when it is as new but
+//! its content differs (late analysis does not bump `updated_at`) or it was soft-deleted. An older copy never
+//! overwrites a newer one. Child rows of every written session are replaced as a set; unchanged sessions cost
+//! no writes at all.
 
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use anyhow::Context as _;
@@ -16,127 +17,22 @@ use sqlx::query::Query;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
+use super::catalogue::{ColumnDef, Table, TableDef};
+use super::checkpoint::{Checkpoint, WriteStats};
 use super::columns::{Column, ColumnBuffer};
 use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
 use super::rows::Batch;
-use super::state::{self, WatermarkUpdate};
-
-/// A column as sent: `(name, array element type of the parameter, expression that converts it)`.
-type ColumnSpec = (&'static str, &'static str, &'static str);
-
-/// `sessions` columns in push order (see `Batch::push_session`). Timestamps travel as Unix seconds, arrays
-/// as array literals and JSON as text; the expressions turn them into the table's types.
-const SESSION_COLUMNS: &[ColumnSpec] = &[
-    ("session_id", "text", "session_id"),
-    ("org_id", "text", "org_id"),
-    ("user_id", "text", "user_id"),
-    ("service_user_id", "text", "service_user_id"),
-    ("title", "text", "title"),
-    ("url", "text", "url"),
-    ("status", "text", "status"),
-    ("status_detail", "text", "status_detail"),
-    ("origin", "text", "origin"),
-    ("category", "text", "category"),
-    ("subcategory", "text", "subcategory"),
-    ("session_size", "text", "session_size"),
-    ("acus_consumed", "float8", "acus_consumed"),
-    ("num_user_messages", "int8", "num_user_messages"),
-    ("num_devin_messages", "int8", "num_devin_messages"),
-    ("is_archived", "bool", "is_archived"),
-    ("playbook_id", "text", "playbook_id"),
-    ("parent_session_id", "text", "parent_session_id"),
-    ("tags", "text", "tags::text[]"),
-    ("structured_output", "text", "structured_output::jsonb"),
-    ("created_at", "int8", "to_timestamp(created_at)"),
-    ("updated_at", "int8", "to_timestamp(updated_at)"),
-    ("has_analysis", "bool", "has_analysis"),
-    ("classification_category", "text", "classification_category"),
-    ("classification_confidence", "float8", "classification_confidence"),
-    ("programming_languages", "text", "programming_languages::text[]"),
-    ("tools_and_frameworks", "text", "tools_and_frameworks::text[]"),
-    ("suggested_prompt_original", "text", "suggested_prompt_original"),
-    ("suggested_prompt", "text", "suggested_prompt"),
-    ("raw", "text", "raw::jsonb"),
-    ("source", "text", "source"),
-];
-
-/// Child tables with their columns in push order; `session_id` always comes first.
-const CHILD_TABLES: &[(&str, &[ColumnSpec])] = &[
-    (
-        "session_pull_requests",
-        &[
-            ("session_id", "text", "session_id"),
-            ("pr_url", "text", "pr_url"),
-            ("pr_state", "text", "pr_state"),
-            ("repo", "text", "repo"),
-            ("pr_number", "int8", "pr_number"),
-        ],
-    ),
-    (
-        "session_issues",
-        &[
-            ("session_id", "text", "session_id"),
-            ("position", "int8", "position"),
-            ("issue_id", "text", "issue_id"),
-            ("issue", "text", "issue"),
-            ("impact", "text", "impact"),
-            ("label", "text", "label"),
-        ],
-    ),
-    (
-        "session_action_items",
-        &[
-            ("session_id", "text", "session_id"),
-            ("position", "int8", "position"),
-            ("action_item", "text", "action_item"),
-            ("issue_id", "text", "issue_id"),
-            ("type", "text", "type"),
-        ],
-    ),
-    (
-        "session_timeline_events",
-        &[
-            ("session_id", "text", "session_id"),
-            ("position", "int8", "position"),
-            ("title", "text", "title"),
-            ("description", "text", "description"),
-            ("color", "text", "color"),
-            ("issue_id", "text", "issue_id"),
-        ],
-    ),
-    (
-        "session_note_usages",
-        &[
-            ("session_id", "text", "session_id"),
-            ("kind", "text", "kind"),
-            ("position", "int8", "position"),
-            ("note_id", "text", "note_id"),
-            ("message", "text", "message"),
-            ("reason", "text", "reason"),
-        ],
-    ),
-    (
-        "session_prompt_feedback",
-        &[
-            ("session_id", "text", "session_id"),
-            ("position", "int8", "position"),
-            ("summary", "text", "summary"),
-            ("excerpt", "text", "excerpt"),
-            ("details", "text", "details"),
-            ("issue_id", "text", "issue_id"),
-        ],
-    ),
-    ("session_tags", &[("session_id", "text", "session_id"), ("tag", "text", "tag")]),
-    ("session_children", &[("session_id", "text", "session_id"), ("child_session_id", "text", "child_session_id")]),
-];
+use super::state;
 
 /// `insert into {table} (cols) select exprs from unnest($1::t[], …) as x(cols)`, the shared part of every write.
-fn insert_from_unnest(table: &str, columns: &[ColumnSpec]) -> String {
-    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
-    let exprs: Vec<&str> = columns.iter().map(|(_, _, e)| *e).collect();
-    let params: Vec<String> = columns.iter().enumerate().map(|(i, (_, t, _))| format!("${}::{t}[]", i + 1)).collect();
+fn insert_from_unnest(table: &TableDef) -> String {
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+    let exprs: Vec<String> = table.columns.iter().map(ColumnDef::expression).collect();
+    let params: Vec<String> =
+        table.columns.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.staging.param_type())).collect();
     format!(
         "insert into {table} as t ({names}) select {exprs} from unnest({params}) as x({names})",
+        table = table.name,
         names = names.join(", "),
         exprs = exprs.join(", "),
         params = params.join(", "),
@@ -146,11 +42,13 @@ fn insert_from_unnest(table: &str, columns: &[ColumnSpec]) -> String {
 static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
     // A session never changes source here: one that another source inserted meanwhile is left alone, and the
     // check after the merge (`write_in`) fails the batch naming both.
-    let set: Vec<String> = SESSION_COLUMNS
+    let sessions = Table::Sessions.def();
+    let set: Vec<String> = sessions
+        .columns
         .iter()
-        .skip(1)
-        .filter(|(c, _, _)| *c != "source")
-        .map(|(c, _, _)| format!("{c} = excluded.{c}"))
+        .map(|c| c.name)
+        .filter(|c| !matches!(*c, "session_id" | "source"))
+        .map(|c| format!("{c} = excluded.{c}"))
         .collect();
     format!(
         "{insert}
@@ -161,17 +59,10 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
                or (excluded.updated_at = t.updated_at
                    and (excluded.raw is distinct from t.raw or t.deleted_at is not null)))
         returning t.session_id, (t.xmax = 0) as inserted",
-        insert = insert_from_unnest("sessions", SESSION_COLUMNS),
+        insert = insert_from_unnest(sessions),
         set = set.join(", "),
     )
 });
-
-/// Positions of the columns that travel as Unix seconds and are stored as `timestamptz`.
-fn timestamp_columns(columns: &[ColumnSpec]) -> Vec<usize> {
-    columns.iter().enumerate().filter(|(_, (_, _, e))| e.starts_with("to_timestamp(")).map(|(i, _)| i).collect()
-}
-
-static SESSION_TIMESTAMPS: LazyLock<Vec<usize>> = LazyLock::new(|| timestamp_columns(SESSION_COLUMNS));
 
 /// One table's rows of a batch in PostgreSQL's COPY text format, with the columns they follow.
 #[derive(Debug)]
@@ -193,29 +84,24 @@ impl Batch {
     /// Every table's rows as COPY text, `sessions` first: what the loader's COPY path sends (and what the
     /// benchmark's COPY floor copies).
     pub fn copy_payloads(&self) -> Vec<CopyPayload> {
-        let names = |columns: &[ColumnSpec]| columns.iter().map(|(n, _, _)| *n).collect();
-        let mut payloads = vec![CopyPayload {
-            table: "sessions",
-            columns: names(SESSION_COLUMNS),
-            rows: self.sessions.rows(),
-            text: self.sessions.copy_text(&SESSION_TIMESTAMPS),
-        }];
-        for (table, columns) in CHILD_TABLES {
-            let buffer = self.child_buffer(table);
-            payloads.push(CopyPayload {
-                table,
-                columns: names(columns),
-                rows: buffer.rows(),
-                text: buffer.copy_text(&[]),
-            });
-        }
-        payloads
+        Table::ALL
+            .iter()
+            .map(|&table| {
+                let buffer = self.buffer(table);
+                CopyPayload {
+                    table: table.name(),
+                    columns: table.def().columns.iter().map(|c| c.name).collect(),
+                    rows: buffer.rows(),
+                    text: buffer.copy_text(),
+                }
+            })
+            .collect()
     }
 }
 
 /// Statements for one child table, built once.
 struct ChildStatements {
-    table: &'static str,
+    table: Table,
     delete: String,
     /// Rows of the written sessions only (their ids bound last).
     insert_written: String,
@@ -224,15 +110,16 @@ struct ChildStatements {
 }
 
 static CHILD_STATEMENTS: LazyLock<Vec<ChildStatements>> = LazyLock::new(|| {
-    CHILD_TABLES
+    Table::CHILDREN
         .iter()
-        .map(|(table, columns)| {
-            let insert_all = insert_from_unnest(table, columns);
+        .map(|&table| {
+            let def = table.def();
+            let insert_all = insert_from_unnest(def);
             ChildStatements {
                 table,
                 // `= any($1)` keeps the delete on the primary key index.
-                delete: format!("delete from {table} where session_id = any($1)"),
-                insert_written: format!("{insert_all} where x.session_id = any(${})", columns.len() + 1),
+                delete: format!("delete from {} where session_id = any($1)", def.name),
+                insert_written: format!("{insert_all} where x.session_id = any(${})", def.columns.len() + 1),
                 insert_all,
             }
         })
@@ -253,39 +140,6 @@ fn bind_columns<'q>(
         };
     }
     query
-}
-
-/// Progress that commits together with a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Checkpoint {
-    /// The walk is complete: set the source's watermark as `sync::clock` decided.
-    Watermark { source: String, update: WatermarkUpdate },
-    /// A backfill window is fully loaded.
-    WindowDone { source: String, created_after: i64, created_before: i64, sessions: i64 },
-    /// A reconcile run saw these sessions.
-    Seen { run_id: i64, session_ids: Vec<String> },
-}
-
-/// What a batch wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteStats {
-    /// Sessions inserted or changed.
-    pub sessions_written: u64,
-    /// Rows written per table (`sessions` included).
-    pub rows: BTreeMap<&'static str, u64>,
-}
-
-impl WriteStats {
-    pub fn add(&mut self, other: &WriteStats) {
-        self.sessions_written += other.sessions_written;
-        for (table, n) in &other.rows {
-            *self.rows.entry(table).or_default() += n;
-        }
-    }
-
-    pub fn total_rows(&self) -> u64 {
-        self.rows.values().sum()
-    }
 }
 
 impl Store {
@@ -355,14 +209,15 @@ async fn write_in(
     allow_copy: bool,
 ) -> anyhow::Result<WriteStats> {
     let mut stats = WriteStats::default();
-    let held = if batch.sessions.is_empty() { Existing::None } else { existing(tx, source, batch).await? };
+    let sessions = batch.buffer(Table::Sessions);
+    let held = if sessions.is_empty() { Existing::None } else { existing(tx, source, batch).await? };
     if let Existing::Foreign { session_id, owner } = held {
         return Err(ForeignSession { session_id, owner, arriving: source.to_owned() }.into());
     }
-    if allow_copy && held == Existing::None && !batch.sessions.is_empty() {
+    if allow_copy && held == Existing::None && !sessions.is_empty() {
         copy_new_sessions(tx, batch, &mut stats).await?;
-    } else if !batch.sessions.is_empty() {
-        let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), &batch.sessions)
+    } else if !sessions.is_empty() {
+        let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), sessions)
             .try_map(|row: sqlx::postgres::PgRow| {
                 use sqlx::Row as _;
                 Ok((row.try_get(0)?, row.try_get(1)?))
@@ -372,7 +227,7 @@ async fn write_in(
             .context("merging the batch into sessions")?;
         // Another source may have inserted one of these sessions after the check above (sources do not share a
         // lock); the merge left it alone, and this says so rather than counting it as unchanged.
-        if written.len() < batch.sessions.rows()
+        if written.len() < sessions.rows()
             && let Existing::Foreign { session_id, owner } = existing(tx, source, batch).await?
         {
             return Err(ForeignSession { session_id, owner, arriving: source.to_owned() }.into());
@@ -381,7 +236,7 @@ async fn write_in(
         stats.rows.insert("sessions", written.len() as u64);
         // Children only when some session changed: a re-read of unchanged data writes nothing.
         if !written.is_empty() {
-            let all_written = written.len() == batch.sessions.rows();
+            let all_written = written.len() == sessions.rows();
             let updated: Vec<&str> =
                 written.iter().filter(|(_, inserted)| !inserted).map(|(id, _)| id.as_str()).collect();
             let ids: Vec<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
@@ -392,9 +247,9 @@ async fn write_in(
                         .bind(&updated)
                         .execute(&mut **tx)
                         .await
-                        .with_context(|| format!("replacing rows of {}", child.table))?;
+                        .with_context(|| format!("replacing rows of {}", child.table.name()))?;
                 }
-                let buffer = batch.child_buffer(child.table);
+                let buffer = batch.buffer(child.table);
                 let mut n = 0;
                 if !buffer.is_empty() {
                     let insert = if all_written {
@@ -405,10 +260,10 @@ async fn write_in(
                     n = insert
                         .execute(&mut **tx)
                         .await
-                        .with_context(|| format!("writing the batch's rows of {}", child.table))?
+                        .with_context(|| format!("writing the batch's rows of {}", child.table.name()))?
                         .rows_affected();
                 }
-                stats.rows.insert(child.table, n);
+                stats.rows.insert(child.table.name(), n);
             }
         }
     }
@@ -446,7 +301,7 @@ enum Existing {
 }
 
 async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batch) -> anyhow::Result<Existing> {
-    let ids = batch.sessions.text_column(0);
+    let ids = batch.buffer(Table::Sessions).text_column("session_id");
     let (any, foreign): (bool, Option<Vec<String>>) = sqlx::query_as(
         "select exists (select 1 from sessions where session_id = any($1)),
                 (select array[session_id, source] from sessions where session_id = any($1) and source <> $2 limit 1)",

@@ -3,6 +3,8 @@
 //! Every connection's `search_path` is the configured schema, so SQL here and in the migrations uses
 //! unqualified names and one database can hold several independent warehouses.
 
+pub mod catalogue;
+mod checkpoint;
 mod columns;
 pub mod error;
 mod grants;
@@ -21,13 +23,15 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
+pub use checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
 pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
-pub use load::{Checkpoint, CopyPayload, WriteStats};
+pub use load::CopyPayload;
 pub use lock::{Fence, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus, WatermarkUpdate};
+pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
 
 use crate::config::DatabaseSettings;
+use catalogue::Table;
 
 /// Migrations embedded at compile time. `Migrator::run` takes an advisory lock, so replicas starting
 /// together apply them once. Applied versions this binary does not know (a newer release migrated the database:
@@ -193,7 +197,7 @@ impl Store {
     /// Refreshes the planner's statistics of the session tables. After a bulk load, autovacuum may take a
     /// minute to get there, and until then the first incremental run plans its child-row deletes as scans.
     pub async fn analyze(&self) -> anyhow::Result<()> {
-        let tables = TABLES.iter().filter(|t| t.starts_with("session")).copied().collect::<Vec<_>>().join(", ");
+        let tables = Table::ALL.map(Table::name).join(", ");
         let sql = format!("analyze {tables}");
         self.bounded("analyzing the session tables", sqlx::raw_sql(&sql).execute(&self.pool))
             .await
@@ -201,7 +205,7 @@ impl Store {
         Ok(())
     }
 
-    /// Row counts of every warehouse table, in DESIGN.md's order.
+    /// Row counts of the session tables, then of `sync_state` and `sync_runs` ([`TABLES`]).
     pub async fn table_counts(&self) -> anyhow::Result<Vec<(&'static str, i64)>> {
         let mut counts = Vec::new();
         for table in TABLES {
@@ -215,20 +219,8 @@ impl Store {
     }
 }
 
-/// The warehouse tables, in DESIGN.md's order.
-pub const TABLES: &[&str] = &[
-    "sessions",
-    "session_pull_requests",
-    "session_issues",
-    "session_action_items",
-    "session_timeline_events",
-    "session_note_usages",
-    "session_prompt_feedback",
-    "session_tags",
-    "session_children",
-    "sync_state",
-    "sync_runs",
-];
+/// The tables `status` and `demo` count: the session tables, then `sync_state` and `sync_runs`.
+pub const TABLES: &[&str] = &catalogue::COUNTED_TABLES;
 
 /// `operation`'s result, or a [`DatabaseTimeout`] naming `key` once it has taken longer than `limit`.
 async fn within<T, E: Into<anyhow::Error>>(

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
-use super::load::{Checkpoint, WriteStats};
+use super::checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
 
 pub(super) async fn apply_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
@@ -44,20 +44,6 @@ pub(super) async fn apply_checkpoint(
         }
     }
     Ok(())
-}
-
-/// A new watermark and clock state, decided by `sync::clock` (which also says when it may move back).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WatermarkUpdate {
-    pub value: i64,
-    /// Database time (Unix seconds) at which the server time behind `value` was observed.
-    pub observed_at: f64,
-    /// The API clock's offset from the database's (seconds) to keep.
-    pub offset: Option<i64>,
-    /// A different offset seen by consecutive walks, and how many: `(offset, walks)`.
-    pub suspect: Option<(i64, i32)>,
-    /// What was wrong with the API's clock, when its time was not taken as is.
-    pub anomaly: Option<String>,
 }
 
 /// The watermark and what `sync::clock` knows of the API's clock.

@@ -5,6 +5,7 @@
 mod common;
 
 mod bi_views;
+mod catalogue;
 mod crash_safety;
 mod daemon;
 mod db_faults;
