@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use anyhow::Context as _;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Store;
 use super::catalogue::{ColumnDef, Table, TableDef};
@@ -330,7 +330,7 @@ async fn copy_new_sessions(
         let n = if payload.rows == 0 {
             0
         } else {
-            copy_in(tx, &payload.statement(""), payload.table, payload.text).await?
+            copy_in(tx, &payload.statement(""), payload.table, &payload.text).await?
         };
         stats.rows.insert(payload.table, n);
     }
@@ -338,17 +338,22 @@ async fn copy_new_sessions(
     Ok(())
 }
 
-async fn copy_in(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    table: &str,
-    data: Vec<u8>,
-) -> anyhow::Result<u64> {
-    let mut copy = tx.copy_in_raw(statement).await.with_context(|| format!("starting COPY into {table}"))?;
-    if let Err(e) = copy.send(data).await {
-        // An unfinished COPY leaves the connection unusable; abort it (the transaction rolls back anyway).
-        let _ = copy.abort("sending failed").await;
-        return Err(e).with_context(|| format!("sending rows to {table}"));
+/// Bytes per `CopyData` message: large enough that a batch usually goes in one, small enough to bound a message.
+const COPY_CHUNK: usize = 8 << 20;
+
+/// `COPY … FROM STDIN` (`statement`) of `data`, COPY text of `table`, in large messages; aborted on error, so the
+/// connection stays usable. The loader's COPY path, and the benchmark's COPY floor.
+pub async fn copy_in(conn: &mut PgConnection, statement: &str, table: &str, data: &[u8]) -> anyhow::Result<u64> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let mut copy = conn.copy_in_raw(statement).await.with_context(|| format!("starting COPY into {table}"))?;
+    for chunk in data.chunks(COPY_CHUNK) {
+        if let Err(e) = copy.send(chunk).await {
+            // An unfinished COPY leaves the connection unusable; abort it (a transaction rolls back anyway).
+            let _ = copy.abort("sending failed").await;
+            return Err(e).with_context(|| format!("sending rows to {table}"));
+        }
     }
     copy.finish().await.with_context(|| format!("loading rows into {table} (COPY)"))
 }

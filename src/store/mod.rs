@@ -25,7 +25,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
 pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
-pub use load::CopyPayload;
+pub use load::{CopyPayload, copy_in};
 pub use lock::{Fence, SourceLock};
 pub use rows::*;
 pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};

@@ -10,11 +10,11 @@ use sqlx::PgConnection;
 
 use devin_etl::api::{ApiClient, ListQuery};
 use devin_etl::config::Settings;
-use devin_etl::store::Batch;
+use devin_etl::store::{Batch, copy_in};
 use devin_etl::sync::normalize::{self, DecodedItem};
 
 use crate::measure::{Meter, Phase};
-use crate::{COPY_CHUNK, FLOOR_PAGE_SIZE, FLOOR_SCHEMA};
+use crate::{FLOOR_PAGE_SIZE, FLOOR_SCHEMA};
 
 pub(crate) fn floor_query(after: Option<String>) -> ListQuery {
     ListQuery { first: FLOOR_PAGE_SIZE, after, ..ListQuery::default() }
@@ -109,10 +109,11 @@ pub(crate) async fn copy_floor(
         let started = Instant::now();
         let statement = format!("copy {FLOOR_SCHEMA}.{} ({}) from stdin", data.name, data.columns.join(", "));
         let parts = split_rows(&data.text, conns.len());
-        let copies = conns.iter_mut().zip(parts).map(|(conn, part)| copy_in(conn, &statement, part));
+        // The loader's own COPY path, each part on its own connection.
+        let copies = conns.iter_mut().zip(parts).map(|(conn, part)| copy_in(conn, &statement, data.name, part));
         let copied: u64 = futures_util::future::try_join_all(copies)
             .await
-            .with_context(|| format!("COPY into {FLOOR_SCHEMA}.{}", data.name))?
+            .with_context(|| format!("the COPY floor, into {FLOOR_SCHEMA}.{}", data.name))?
             .into_iter()
             .sum();
         total += copied;
@@ -129,21 +130,6 @@ pub(crate) async fn copy_floor(
         pages: None,
     };
     Ok((phase, by_table))
-}
-
-/// One `COPY … FROM STDIN` of `data` in large messages; aborted on error so the connection stays usable.
-pub(crate) async fn copy_in(conn: &mut PgConnection, statement: &str, data: &[u8]) -> Result<u64, sqlx::Error> {
-    if data.is_empty() {
-        return Ok(0);
-    }
-    let mut copy = conn.copy_in_raw(statement).await?;
-    for chunk in data.chunks(COPY_CHUNK) {
-        if let Err(e) = copy.send(chunk).await {
-            copy.abort("benchmark COPY failed").await.ok();
-            return Err(e);
-        }
-    }
-    copy.finish().await
 }
 
 /// `text` cut into `n` parts of about equal size at row ends (a raw newline only ever ends a row in COPY text).

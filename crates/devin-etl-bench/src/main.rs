@@ -123,8 +123,6 @@ pub struct BenchArgs {
 
 /// Items per page for the floors (the API's maximum).
 const FLOOR_PAGE_SIZE: u32 = 200;
-/// Bytes per `CopyData` message of the COPY floor.
-const COPY_CHUNK: usize = 8 << 20;
 /// The scratch schema of the COPY floor.
 const FLOOR_SCHEMA: &str = "bench_floor";
 /// Issue 5's targets.
