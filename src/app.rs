@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::api::ApiClient;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::telemetry;

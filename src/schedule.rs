@@ -54,7 +54,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
 }
 
 /// The earliest upcoming tick of either schedule; reconcile wins a tie (it covers everything a sync does).
-fn next_tick(settings: &crate::config::SyncSettings, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
+fn next_tick(settings: &crate::settings::SyncSettings, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
     let sync = settings.schedule.after(&now).next().map(|t| (t, Job::Sync { since: None }));
     let reconcile = settings.reconcile_schedule.after(&now).next().map(|t| (t, Job::Reconcile));
     match (sync, reconcile) {
@@ -165,17 +165,17 @@ mod tests {
 
     #[test]
     fn next_tick_takes_the_earliest_schedule() {
-        let mut settings = crate::config::Settings::load_with_env(None, |_| None).unwrap().sync;
-        settings.schedule = crate::config::parse_schedule("k", "*/15 * * * *").unwrap();
-        settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
+        let mut settings = crate::settings::Settings::load_with_env(None, |_| None).unwrap().sync;
+        settings.schedule = crate::settings::parse_schedule("k", "*/15 * * * *").unwrap();
+        settings.reconcile_schedule = crate::settings::parse_schedule("k", "30 3 * * *").unwrap();
         let now: DateTime<Utc> = "2026-11-29T03:05:00Z".parse().unwrap();
         assert_eq!(
             next_tick(&settings, now),
             Some(("2026-11-29T03:15:00Z".parse().unwrap(), Job::Sync { since: None }))
         );
         let now: DateTime<Utc> = "2026-11-29T03:29:00Z".parse().unwrap();
-        settings.reconcile_schedule = crate::config::parse_schedule("k", "30 3 * * *").unwrap();
-        settings.schedule = crate::config::parse_schedule("k", "*/30 * * * *").unwrap();
+        settings.reconcile_schedule = crate::settings::parse_schedule("k", "30 3 * * *").unwrap();
+        settings.schedule = crate::settings::parse_schedule("k", "*/30 * * * *").unwrap();
         assert_eq!(next_tick(&settings, now), Some(("2026-11-29T03:30:00Z".parse().unwrap(), Job::Reconcile)));
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::models::PageEnvelope;
-use crate::config::ApiSettings;
+use crate::settings::ApiSettings;
 use crate::telemetry::metric;
 
 /// The endpoint this client reads.

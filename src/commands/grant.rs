@@ -1,7 +1,7 @@
 //! `devin-etl grant-readonly ROLE`: read-only access to the warehouse for an existing role.
 
 use crate::app;
-use crate::config::Settings;
+use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, role: &str) -> anyhow::Result<()> {
     let store = app::migrated_store(settings).await?;

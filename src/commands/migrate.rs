@@ -1,7 +1,7 @@
 //! `devin-etl migrate`: create the schema and apply pending migrations.
 
 use crate::app;
-use crate::config::Settings;
+use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let store = app::migrated_store(settings).await?;

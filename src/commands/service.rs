@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::{app, telemetry};
 
 /// `devin-etl run`: the HTTP endpoints and the scheduler, until SIGTERM/SIGINT.

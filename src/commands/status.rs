@@ -1,7 +1,7 @@
 //! `devin-etl status [--json]`: what [`crate::status`] collects, as a table or as JSON.
 
 use crate::app;
-use crate::config::Settings;
+use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let store = app::migrated_store(settings).await?;

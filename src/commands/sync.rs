@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 
 use crate::app;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::sync::Job;
 
 pub async fn run(settings: Settings, job: Job) -> anyhow::Result<()> {

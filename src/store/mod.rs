@@ -30,7 +30,7 @@ pub use lock::{Fence, SourceLock};
 pub use rows::*;
 pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
 
-use crate::config::DatabaseSettings;
+use crate::settings::DatabaseSettings;
 use catalogue::Table;
 
 /// Migrations embedded at compile time. `Migrator::run` takes an advisory lock, so replicas starting

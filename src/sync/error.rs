@@ -53,7 +53,7 @@ impl RunErrorKind {
             Some(StoreErrorKind::SourceBusy) => return RunErrorKind::SourceBusy,
             _ => {}
         }
-        if error.chain().any(|cause| cause.is::<InvalidItem>()) {
+        if InvalidItem::in_chain(error).is_some() {
             return RunErrorKind::InvalidItem;
         }
         if ApiError::in_chain(error).is_some() {

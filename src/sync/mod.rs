@@ -26,7 +26,7 @@ pub use progress::{Progress, ProgressSink};
 pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::store::{RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
 use crate::telemetry::metric;
 use walk::{OnComplete, RunClock, WalkPlan};

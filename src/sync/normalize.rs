@@ -29,6 +29,13 @@ pub struct InvalidItem {
     pub problem: String,
 }
 
+impl InvalidItem {
+    /// The invalid item in `error`'s chain, if it is why the error happened.
+    pub fn in_chain(error: &anyhow::Error) -> Option<&InvalidItem> {
+        error.chain().find_map(|cause| cause.downcast_ref::<InvalidItem>())
+    }
+}
+
 /// Decodes every item of a page; the first invalid one fails the whole page, so nothing is half-stored.
 pub fn decode_page(items: Vec<Box<RawValue>>, request: &str) -> Result<Vec<DecodedItem>, InvalidItem> {
     items

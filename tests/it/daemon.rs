@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::child::{self, ChildLog, child_env};
 use common::{TestApp, build_syncer};
-use devin_etl::config::parse_schedule;
 use devin_etl::schedule::run_daemon;
+use devin_etl::settings::parse_schedule;
 use devin_etl::sync::Mode;
 use devin_sim::{Fault, SimulatorConfig};
 use tokio::sync::watch;
@@ -142,4 +142,12 @@ async fn logs_of_whole_runs_never_contain_the_token() {
     assert!(logs.contains("401"), "the failure was logged");
     assert!(!logs.contains(&token), "the token appears in the logs");
     app.assert_matches_truth().await;
+}
+
+#[tokio::test]
+async fn the_old_bench_command_says_where_the_benchmark_went() {
+    let out = child::devin_etl(&["bench", "--sessions", "10"], []).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cargo run --release -p devin-etl-bench --"), "{stderr}");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::cluster::PrivateCluster;
 use common::proxy::TcpProxy;
 use common::{TestDb, assert_warehouse_matches_where, build_syncer, test_settings};
-use devin_etl::config::Settings;
+use devin_etl::settings::Settings;
 use devin_etl::store::Store;
 use devin_etl::sync::{Mode, RunErrorKind, Syncer};
 use devin_sim::{Fault, RunningSimulator, Simulator, SimulatorConfig};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use devin_etl::config::{Settings, parse_duration};
+use devin_etl::settings::{Settings, parse_duration};
 use serde::Deserialize as _;
 use serde_yaml::Value;
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::{TestApp, assert_warehouse_matches_where, expected_rows, last_run};
 use devin_etl::api::models::{Analysis, SessionInsights, known};
-use devin_etl::config::Settings;
+use devin_etl::settings::Settings;
 use devin_etl::sync::Mode;
 use devin_sim::{Fault, SimulatorConfig};
 

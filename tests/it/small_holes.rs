@@ -1,6 +1,6 @@
 //! Issue 9, item 7: smaller holes. `demo` refuses a database that holds someone's warehouse; no `Debug` output
 //! holds a secret; a full last page that still carries a cursor is logged; a second Ctrl-C on `sync` exits at once.
-//! (Configuration that cannot work is refused at start: unit tests in `src/config.rs`.)
+//! (Configuration that cannot work is refused at start: unit tests in `src/settings.rs`.)
 
 use crate::common;
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 
 use devin_etl::api::{ApiClient, ListQuery};
-use devin_etl::config::Settings;
+use devin_etl::settings::Settings;
 use devin_etl::store::{Batch, copy_in};
 use devin_etl::sync::normalize::{self, DecodedItem};
 

@@ -31,7 +31,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::Connection as _;
 
 use devin_etl::app;
-use devin_etl::config::Settings;
+use devin_etl::settings::Settings;
 use devin_etl::sync::Mode;
 
 use database::{Machine, checkpoint, connect, database_url, recreate_database};

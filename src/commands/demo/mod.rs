@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use devin_sim::{Simulator, SimulatorConfig};
 
 use crate::app;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::store;
 use crate::sync::{Mode, RunOutcome, Syncer};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use devin_etl::api::models::SessionInsights;
-use devin_etl::config::Settings;
+use devin_etl::settings::Settings;
 use devin_etl::store::Store;
 use devin_etl::sync::Syncer;
 use devin_sim::{RunningSimulator, Simulator, SimulatorConfig};
