@@ -246,13 +246,13 @@ const MAX_CURSOR_CHARS: usize = 128;
 
 /// Length of the longest enrichment request URL for `batch` ids, encoded as the API client encodes them.
 fn enrichment_url_len(base_url: &Url, batch: usize) -> usize {
-    let worst = crate::api::ListQuery {
+    let worst = crate::api::request::ListQuery {
         first: 200,
         after: Some("c".repeat(MAX_CURSOR_CHARS)),
         session_ids: vec!["f".repeat(MAX_SESSION_ID_CHARS); batch],
         ..Default::default()
     };
-    crate::api::client::list_url(base_url, &worst).as_str().len()
+    crate::api::request::list_url(base_url, &worst).as_str().len()
 }
 
 /// An enrichment request carries its ids in the query: a batch whose URL proxies refuse could never succeed.

@@ -16,28 +16,16 @@ use url::Url;
 
 use super::models::PageEnvelope;
 use crate::settings::ApiSettings;
+
+use super::request::{INSIGHTS_PATH, ListQuery, join_path, with_query};
 use crate::telemetry::metric;
 
-/// The endpoint this client reads.
-pub const INSIGHTS_PATH: &str = "/v3/enterprise/sessions/insights";
 
 /// A page larger than this is refused rather than buffered: 200 items never come near it.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// Shortest wait between attempts, so that `Retry-After: 0` or an unlucky jitter draw is no hot loop.
 const MIN_RETRY_WAIT: Duration = Duration::from_millis(50);
 const BODY_EXCERPT_CHARS: usize = 300;
-
-/// Filters and cursor of one list request. Array filters go out as repeated keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListQuery {
-    pub first: u32,
-    pub after: Option<String>,
-    pub updated_after: Option<i64>,
-    pub updated_before: Option<i64>,
-    pub created_after: Option<i64>,
-    pub created_before: Option<i64>,
-    pub session_ids: Vec<String>,
-}
 
 /// One decoded page. Items stay raw JSON: the sync decodes them and stores the text verbatim.
 #[derive(Debug)]
@@ -292,43 +280,6 @@ impl ApiClient {
 
 /// Appends `path` to the base URL's own path (a base with a path prefix, e.g. a proxy, keeps it).
 /// The list request for `q` at `endpoint`. Array filters go out as repeated keys.
-fn with_query(endpoint: &Url, q: &ListQuery) -> Url {
-    let mut url = endpoint.clone();
-    {
-        let mut pairs = url.query_pairs_mut();
-        pairs.append_pair("first", &q.first.to_string());
-        if let Some(after) = &q.after {
-            pairs.append_pair("after", after);
-        }
-        for (key, value) in [
-            ("updated_after", q.updated_after),
-            ("updated_before", q.updated_before),
-            ("created_after", q.created_after),
-            ("created_before", q.created_before),
-        ] {
-            if let Some(v) = value {
-                pairs.append_pair(key, &v.to_string());
-            }
-        }
-        for id in &q.session_ids {
-            pairs.append_pair("session_ids", id);
-        }
-    }
-    url
-}
-
-/// The list request for `q` against the API at `base_url`, as the client sends it (for checks of its size).
-pub fn list_url(base_url: &Url, q: &ListQuery) -> Url {
-    with_query(&join_path(base_url, INSIGHTS_PATH), q)
-}
-
-fn join_path(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let prefix = base.path().trim_end_matches('/');
-    url.set_path(&format!("{prefix}{path}"));
-    url
-}
-
 /// `path?query` of a URL: what error messages show of a request.
 fn describe(url: &Url) -> String {
     match url.query() {
