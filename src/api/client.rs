@@ -254,7 +254,8 @@ impl ApiClient {
             .initial
             .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX))
             .min(self.retry.max_backoff);
-        let jittered = cap.mul_f64(jitter_fraction());
+        // Full jitter: uniform in [0, cap). Not cryptographic; it only spreads many clients' retries apart.
+        let jittered = cap.mul_f64(fastrand::f64());
         let asked = match error {
             ApiError::Status { retry_after: Some(d), .. } => (*d).min(self.retry.max_backoff),
             _ => Duration::ZERO,
@@ -329,18 +330,6 @@ fn retry_after(headers: &HeaderMap, server_now: Option<i64>) -> Option<Duration>
     Some(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
 }
 
-/// A number in [0, 1) for jitter. Not cryptographic; only spreads retries of many clients apart.
-fn jitter_fraction() -> f64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let seed = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Spaces requests evenly at a fixed rate across every clone of the client.
 struct Pacer {
     interval: Duration,
@@ -377,14 +366,6 @@ mod tests {
         h.insert(DATE, HeaderValue::from_static("Sun, 29 Nov 2026 04:08:18 GMT"));
         let now = server_time(&h);
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(2)));
-    }
-
-    #[test]
-    fn jitter_is_a_fraction() {
-        for _ in 0..1000 {
-            let f = jitter_fraction();
-            assert!((0.0..1.0).contains(&f));
-        }
     }
 
     #[test]
