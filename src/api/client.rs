@@ -20,7 +20,6 @@ use crate::settings::ApiSettings;
 use super::request::{INSIGHTS_PATH, ListQuery, join_path, with_query};
 use crate::telemetry::metric;
 
-
 /// A page larger than this is refused rather than buffered: 200 items never come near it.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// Shortest wait between attempts, so that `Retry-After: 0` or an unlucky jitter draw is no hot loop.

@@ -69,60 +69,52 @@ impl TableDef {
     }
 }
 
-/// The tables of a batch. `session_id` is the first column of every one; the child tables hold rows of the
-/// batch's sessions and are replaced as a set when their session is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    Sessions,
-    PullRequests,
-    Issues,
-    ActionItems,
-    TimelineEvents,
-    NoteUsages,
-    PromptFeedback,
-    Tags,
-    Children,
+/// Declares [`Table`], [`Table::ALL`] and [`Table::def`] from one list, so the tables are named once.
+macro_rules! tables {
+    ($($variant:ident => $def:ident),+ $(,)?) => {
+        /// The tables of a batch. `session_id` is the first column of every one; the child tables hold rows of
+        /// the batch's sessions and are replaced as a set when their session is written.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Table {
+            $($variant),+
+        }
+
+        impl Table {
+            /// Every table, `sessions` first: the order of the loads, the COPY payloads and the table counts.
+            pub const ALL: [Table; [$(Table::$variant),+].len()] = [$(Table::$variant),+];
+
+            pub const fn def(self) -> &'static TableDef {
+                match self {
+                    $(Table::$variant => &$def),+
+                }
+            }
+        }
+    };
+}
+
+tables! {
+    Sessions => SESSIONS,
+    PullRequests => PULL_REQUESTS,
+    Issues => ISSUES,
+    ActionItems => ACTION_ITEMS,
+    TimelineEvents => TIMELINE_EVENTS,
+    NoteUsages => NOTE_USAGES,
+    PromptFeedback => PROMPT_FEEDBACK,
+    Tags => TAGS,
+    Children => CHILDREN,
 }
 
 impl Table {
-    /// Every table, `sessions` first: the order of the loads, the COPY payloads and the table counts.
-    pub const ALL: [Table; 9] = [
-        Table::Sessions,
-        Table::PullRequests,
-        Table::Issues,
-        Table::ActionItems,
-        Table::TimelineEvents,
-        Table::NoteUsages,
-        Table::PromptFeedback,
-        Table::Tags,
-        Table::Children,
-    ];
-
-    /// The child tables, in load order.
-    pub const CHILDREN: [Table; 8] = [
-        Table::PullRequests,
-        Table::Issues,
-        Table::ActionItems,
-        Table::TimelineEvents,
-        Table::NoteUsages,
-        Table::PromptFeedback,
-        Table::Tags,
-        Table::Children,
-    ];
-
-    pub const fn def(self) -> &'static TableDef {
-        match self {
-            Table::Sessions => &SESSIONS,
-            Table::PullRequests => &PULL_REQUESTS,
-            Table::Issues => &ISSUES,
-            Table::ActionItems => &ACTION_ITEMS,
-            Table::TimelineEvents => &TIMELINE_EVENTS,
-            Table::NoteUsages => &NOTE_USAGES,
-            Table::PromptFeedback => &PROMPT_FEEDBACK,
-            Table::Tags => &TAGS,
-            Table::Children => &CHILDREN,
+    /// The child tables (every table but `sessions`, which comes first), in load order.
+    pub const CHILDREN: [Table; Table::ALL.len() - 1] = {
+        let mut children = [Table::Sessions; Table::ALL.len() - 1];
+        let mut i = 0;
+        while i < children.len() {
+            children[i] = Table::ALL[i + 1];
+            i += 1;
         }
-    }
+        children
+    };
 
     pub const fn name(self) -> &'static str {
         self.def().name
@@ -156,43 +148,57 @@ const fn col(name: &'static str, sql_type: &'static str, staging: Staging) -> Co
     ColumnDef { name, sql_type, staging }
 }
 
+/// Most columns: text, staged as text.
+const fn text(name: &'static str) -> ColumnDef {
+    col(name, "text", Text)
+}
+
+/// A child table: its session's id first, every column loaded.
+const fn child(name: &'static str, columns: &'static [ColumnDef]) -> TableDef {
+    TableDef { name, columns, unloaded: &[] }
+}
+
+const SESSION_ID: ColumnDef = text("session_id");
+/// The item's index in its list of the API's response.
+const POSITION: ColumnDef = col("position", "integer", Int8);
+
 use Staging::{Bool, Float8, Int8, Jsonb, Text, TextArray, UnixSeconds};
 
 const SESSIONS: TableDef = TableDef {
     name: "sessions",
     columns: &[
-        col("session_id", "text", Text),
-        col("org_id", "text", Text),
-        col("user_id", "text", Text),
-        col("service_user_id", "text", Text),
-        col("title", "text", Text),
-        col("url", "text", Text),
-        col("status", "text", Text),
-        col("status_detail", "text", Text),
-        col("origin", "text", Text),
-        col("category", "text", Text),
-        col("subcategory", "text", Text),
-        col("session_size", "text", Text),
+        SESSION_ID,
+        text("org_id"),
+        text("user_id"),
+        text("service_user_id"),
+        text("title"),
+        text("url"),
+        text("status"),
+        text("status_detail"),
+        text("origin"),
+        text("category"),
+        text("subcategory"),
+        text("session_size"),
         col("acus_consumed", "double precision", Float8),
         col("num_user_messages", "bigint", Int8),
         col("num_devin_messages", "bigint", Int8),
         col("is_archived", "boolean", Bool),
-        col("playbook_id", "text", Text),
-        col("parent_session_id", "text", Text),
+        text("playbook_id"),
+        text("parent_session_id"),
         col("tags", "text[]", TextArray),
         col("structured_output", "jsonb", Jsonb),
         col("created_at", "timestamp with time zone", UnixSeconds),
         col("updated_at", "timestamp with time zone", UnixSeconds),
         col("has_analysis", "boolean", Bool),
-        col("classification_category", "text", Text),
+        text("classification_category"),
         col("classification_confidence", "double precision", Float8),
         col("programming_languages", "text[]", TextArray),
         col("tools_and_frameworks", "text[]", TextArray),
-        col("suggested_prompt_original", "text", Text),
-        col("suggested_prompt", "text", Text),
+        text("suggested_prompt_original"),
+        text("suggested_prompt"),
         col("raw", "jsonb", Jsonb),
         // The merge never changes it (see `load.rs`).
-        col("source", "text", Text),
+        text("source"),
     ],
     unloaded: &[
         // Default now() on insert, never changed.
@@ -204,93 +210,35 @@ const SESSIONS: TableDef = TableDef {
     ],
 };
 
-const PULL_REQUESTS: TableDef = TableDef {
-    name: "session_pull_requests",
-    columns: &[
-        col("session_id", "text", Text),
-        col("pr_url", "text", Text),
-        col("pr_state", "text", Text),
-        col("repo", "text", Text),
-        col("pr_number", "integer", Int8),
-    ],
-    unloaded: &[],
-};
+const PULL_REQUESTS: TableDef = child(
+    "session_pull_requests",
+    &[SESSION_ID, text("pr_url"), text("pr_state"), text("repo"), col("pr_number", "integer", Int8)],
+);
 
-const ISSUES: TableDef = TableDef {
-    name: "session_issues",
-    columns: &[
-        col("session_id", "text", Text),
-        col("position", "integer", Int8),
-        col("issue_id", "text", Text),
-        col("issue", "text", Text),
-        col("impact", "text", Text),
-        col("label", "text", Text),
-    ],
-    unloaded: &[],
-};
+const ISSUES: TableDef =
+    child("session_issues", &[SESSION_ID, POSITION, text("issue_id"), text("issue"), text("impact"), text("label")]);
 
-const ACTION_ITEMS: TableDef = TableDef {
-    name: "session_action_items",
-    columns: &[
-        col("session_id", "text", Text),
-        col("position", "integer", Int8),
-        col("action_item", "text", Text),
-        col("issue_id", "text", Text),
-        col("type", "text", Text),
-    ],
-    unloaded: &[],
-};
+const ACTION_ITEMS: TableDef =
+    child("session_action_items", &[SESSION_ID, POSITION, text("action_item"), text("issue_id"), text("type")]);
 
-const TIMELINE_EVENTS: TableDef = TableDef {
-    name: "session_timeline_events",
-    columns: &[
-        col("session_id", "text", Text),
-        col("position", "integer", Int8),
-        col("title", "text", Text),
-        col("description", "text", Text),
-        col("color", "text", Text),
-        col("issue_id", "text", Text),
-    ],
-    unloaded: &[],
-};
+const TIMELINE_EVENTS: TableDef = child(
+    "session_timeline_events",
+    &[SESSION_ID, POSITION, text("title"), text("description"), text("color"), text("issue_id")],
+);
 
-const NOTE_USAGES: TableDef = TableDef {
-    name: "session_note_usages",
-    columns: &[
-        col("session_id", "text", Text),
-        col("kind", "text", Text),
-        col("position", "integer", Int8),
-        col("note_id", "text", Text),
-        col("message", "text", Text),
-        col("reason", "text", Text),
-    ],
-    unloaded: &[],
-};
+const NOTE_USAGES: TableDef = child(
+    "session_note_usages",
+    &[SESSION_ID, text("kind"), POSITION, text("note_id"), text("message"), text("reason")],
+);
 
-const PROMPT_FEEDBACK: TableDef = TableDef {
-    name: "session_prompt_feedback",
-    columns: &[
-        col("session_id", "text", Text),
-        col("position", "integer", Int8),
-        col("summary", "text", Text),
-        col("excerpt", "text", Text),
-        col("details", "text", Text),
-        col("issue_id", "text", Text),
-    ],
-    unloaded: &[],
-};
+const PROMPT_FEEDBACK: TableDef = child(
+    "session_prompt_feedback",
+    &[SESSION_ID, POSITION, text("summary"), text("excerpt"), text("details"), text("issue_id")],
+);
 
-const TAGS: TableDef = TableDef {
-    name: "session_tags",
-    columns: &[col("session_id", "text", Text), col("tag", "text", Text)],
-    unloaded: &[],
-};
+const TAGS: TableDef = child("session_tags", &[SESSION_ID, text("tag")]);
 
-const CHILDREN: TableDef = TableDef {
-    name: "session_children",
-    columns: &[col("session_id", "text", Text), col("child_session_id", "text", Text)],
-    unloaded: &[],
-};
+const CHILDREN: TableDef = child("session_children", &[SESSION_ID, text("child_session_id")]);
 
 #[cfg(test)]
 mod tests {

@@ -81,22 +81,7 @@ async fn table_counts_list_the_session_tables_then_the_bookkeeping() {
     let (_db, store) = migrated_store().await;
     let counts = store.table_counts().await.unwrap();
     let names: Vec<&str> = counts.iter().map(|(table, _)| *table).collect();
-    assert_eq!(
-        names,
-        [
-            "sessions",
-            "session_pull_requests",
-            "session_issues",
-            "session_action_items",
-            "session_timeline_events",
-            "session_note_usages",
-            "session_prompt_feedback",
-            "session_tags",
-            "session_children",
-            "sync_state",
-            "sync_runs",
-        ]
-    );
+    // The order itself is pinned by the catalogue's unit test; this checks what the store counts follows it.
     assert_eq!(names, TABLES);
     assert!(counts.iter().all(|(_, n)| *n == 0), "an empty warehouse: {counts:?}");
     store.analyze().await.unwrap();
