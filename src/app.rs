@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::api::ApiClient;
-use crate::settings::Settings;
+use crate::api::{ApiClient, request};
+use crate::settings::{ConfigError, Settings};
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::telemetry;
@@ -12,10 +12,15 @@ use crate::telemetry;
 /// Connections of a store that only reads and keeps books (status, migrate, grants, the HTTP endpoints).
 const SMALL_POOL: u32 = 2;
 
-/// Loads the settings (defaults, then `config_file`, then `DEVIN_ETL__…` variables), starts logging and logs what
-/// in them looks wrong without being invalid.
+/// Loads the settings (defaults, then `config_file`, then `DEVIN_ETL__…` variables), refuses an enrichment batch
+/// whose requests proxies would refuse, starts logging and logs what in the settings looks wrong without being
+/// invalid.
 pub fn init(config_file: Option<&Path>) -> anyhow::Result<Settings> {
     let settings = Settings::load(config_file)?;
+    // Checked here, not in `settings`: it needs the API client's URL encoding.
+    if let Some(problem) = request::enrichment_batch_problem(&settings.api.base_url, settings.sync.enrichment_batch) {
+        return Err(ConfigError::Invalid { key: "sync.enrichment_batch", problem }.into());
+    }
     telemetry::init(&settings.log);
     for warning in settings.warnings() {
         tracing::warn!("{warning}");

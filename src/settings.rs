@@ -233,45 +233,8 @@ impl Settings {
             server: validate_server(raw.server)?,
             log: validate_log(raw.log)?,
         };
-        check_enrichment_url(&settings.api.base_url, settings.sync.enrichment_batch)?;
         Ok(settings)
     }
-}
-
-/// The longest request URL we send: nginx's default request-line buffer (and many proxies' limit) is 8 KB.
-pub const MAX_REQUEST_URL_BYTES: usize = 8 * 1024;
-/// Worst-case lengths assumed for an enrichment request: ids are `devin-` and 32 hex digits today.
-const MAX_SESSION_ID_CHARS: usize = 64;
-const MAX_CURSOR_CHARS: usize = 128;
-
-/// Length of the longest enrichment request URL for `batch` ids, encoded as the API client encodes them.
-fn enrichment_url_len(base_url: &Url, batch: usize) -> usize {
-    let worst = crate::api::request::ListQuery {
-        first: 200,
-        after: Some("c".repeat(MAX_CURSOR_CHARS)),
-        session_ids: vec!["f".repeat(MAX_SESSION_ID_CHARS); batch],
-        ..Default::default()
-    };
-    crate::api::request::list_url(base_url, &worst).as_str().len()
-}
-
-/// An enrichment request carries its ids in the query: a batch whose URL proxies refuse could never succeed.
-fn check_enrichment_url(base_url: &Url, batch: usize) -> Result<(), ConfigError> {
-    let len = enrichment_url_len(base_url, batch);
-    if len <= MAX_REQUEST_URL_BYTES {
-        return Ok(());
-    }
-    let fixed = enrichment_url_len(base_url, 0);
-    let per_id = enrichment_url_len(base_url, 1) - fixed;
-    let fits = MAX_REQUEST_URL_BYTES.saturating_sub(fixed) / per_id;
-    Err(invalid(
-        "sync.enrichment_batch",
-        format!(
-            "{batch} session ids make request URLs of up to {len} bytes (ids of up to {MAX_SESSION_ID_CHARS} \
-             characters), more than the {MAX_REQUEST_URL_BYTES} that proxies commonly accept; use at most {fits} with \
-             this api.base_url"
-        ),
-    ))
 }
 
 fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
@@ -667,31 +630,6 @@ mod tests {
         assert_eq!((s.sync.lookback, s.sync.settle), (Duration::ZERO, Duration::from_secs(30)));
         let s = load_toml("[sync]\nsettle = \"0s\"\n").unwrap();
         assert_eq!((s.sync.lookback, s.sync.settle), (Duration::from_secs(600), Duration::ZERO));
-    }
-
-    #[test]
-    fn an_enrichment_batch_whose_url_exceeds_8_kb_is_refused_with_the_batch_that_fits() {
-        let err = load_toml("[sync]\nenrichment_batch = 200\n").unwrap_err().to_string();
-        assert!(err.starts_with("sync.enrichment_batch: 200 session ids"), "{err}");
-        assert!(err.contains("8192"), "{err}");
-        let fits: usize =
-            err.rsplit("use at most ").next().unwrap().split_whitespace().next().unwrap().parse().unwrap();
-        // devin- + 32 hex = 38 characters per id today; 64 are allowed for: about 100 ids fit in 8 KB.
-        assert!((80..=110).contains(&fits), "{err}");
-        let base = Url::parse("https://api.devin.ai").unwrap();
-        assert!(enrichment_url_len(&base, fits) <= MAX_REQUEST_URL_BYTES);
-        assert!(enrichment_url_len(&base, fits + 1) > MAX_REQUEST_URL_BYTES);
-        assert_eq!(load_toml(&format!("[sync]\nenrichment_batch = {fits}\n")).unwrap().sync.enrichment_batch, fits);
-        let err = load_toml(&format!("[sync]\nenrichment_batch = {}\n", fits + 1)).unwrap_err().to_string();
-        assert!(err.ends_with(&format!("use at most {fits} with this api.base_url")), "{err}");
-        // A long base URL (a proxy's path prefix) leaves room for fewer ids.
-        let long = format!("https://proxy.example.com/{}", "p".repeat(2000));
-        let err = load_toml(&format!("[api]\nbase_url = \"{long}\"\n[sync]\nenrichment_batch = 90\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("sync.enrichment_batch: 90"), "{err}");
-        // The default (50) fits.
-        assert_eq!(load_toml("").unwrap().sync.enrichment_batch, 50);
     }
 
     #[test]

@@ -105,6 +105,8 @@ async fn invalid_configuration_fails_at_start_naming_the_key() {
         ("DEVIN_ETL__SYNC__RECONCILE_SCHEDULE", "61 * * * *", "sync.reconcile_schedule"),
         ("DEVIN_ETL__API__BASE_URL", "http://api.devin.ai", "api.base_url"),
         ("DEVIN_ETL__SERVER__LISTEN", "not-an-address", "server.listen"),
+        // Requests of 200 ids would be longer than proxies accept (checked by `app::init` with the client's encoding).
+        ("DEVIN_ETL__SYNC__ENRICHMENT_BATCH", "200", "sync.enrichment_batch"),
     ] {
         let out = child::devin_etl(&["migrate"], [(key, value.to_owned())]).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
