@@ -15,8 +15,7 @@ use devin_etl::store::{Store, TABLES};
 async fn migrated_store() -> (TestDb, Store) {
     let db = TestDb::create().await;
     let settings = common::test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
-    let store = Store::connect(&settings.database, 2).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = devin_etl::app::migrated_store(&settings).await.unwrap();
     (db, store)
 }
 

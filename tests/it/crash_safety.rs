@@ -41,8 +41,7 @@ impl World {
         let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let db = TestDb::create().await;
         let settings = test_settings(&db.url, &server.base_url(), sim.token());
-        let store = Store::connect(&settings.database, 2).await.unwrap();
-        store.migrate().await.unwrap();
+        let store = devin_etl::app::migrated_store(&settings).await.unwrap();
         World { sim, server, db, store, runs: 0 }
     }
 

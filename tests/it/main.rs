@@ -13,6 +13,7 @@ mod deploy_files;
 mod fuzz_decode;
 mod http_endpoints;
 mod migrations_rollback;
+mod module_cycles;
 mod private_cluster;
 mod readonly_role;
 mod resilience_database;

@@ -14,8 +14,11 @@ use devin_etl::store::{Batch, copy_in};
 use devin_etl::sync::normalize::{self, DecodedItem};
 
 use crate::measure::{Meter, Phase};
-use crate::{FLOOR_PAGE_SIZE, FLOOR_SCHEMA};
 
+/// Items per page for the floors (the API's maximum).
+pub(crate) const FLOOR_PAGE_SIZE: u32 = 200;
+/// The scratch schema of the COPY floor.
+pub(crate) const FLOOR_SCHEMA: &str = "bench_floor";
 pub(crate) fn floor_query(after: Option<String>) -> ListQuery {
     ListQuery { first: FLOOR_PAGE_SIZE, after, ..ListQuery::default() }
 }

@@ -16,6 +16,7 @@
 //! Before each timed phase the server is checkpointed, so one phase's dirty buffers are not flushed on another's
 //! clock. CPU seconds per phase are read from `/proc`: this process, the simulator, and every `postgres` process.
 
+mod args;
 mod database;
 mod floors;
 mod measure;
@@ -34,6 +35,7 @@ use devin_etl::app;
 use devin_etl::settings::Settings;
 use devin_etl::sync::Mode;
 
+use args::BenchArgs;
 use database::{Machine, checkpoint, connect, database_url, recreate_database};
 use floors::{copy_floor, create_floor_tables, encode_all_pages, fetch_floor};
 use measure::{Meter, Phase, load_average};
@@ -80,56 +82,6 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
-
-/// What to measure.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// Simulated sessions.
-    #[arg(long, default_value_t = 100_000)]
-    pub sessions: usize,
-    /// Database on the configured server that is dropped and recreated for the benchmark (kept afterwards).
-    #[arg(long, default_value = "devin_etl_bench")]
-    pub database: String,
-    /// Print the results as one JSON document (last line of stdout) instead of the table (logs go to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds the simulator clock moves between the incremental and the no-op run.
-    #[arg(long, default_value_t = 60)]
-    pub noop_advance: i64,
-    /// Give the COPY floor's child tables the warehouse's foreign keys to `sessions` (off: keys and indexes only).
-    #[arg(long)]
-    pub floor_foreign_keys: bool,
-    /// Connections the COPY floor copies over at once (each table split into this many row-aligned parts).
-    #[arg(long, default_value_t = 1)]
-    pub floor_connections: usize,
-    /// Do not ANALYZE the warehouse after the backfill: the incremental runs see the tables without statistics,
-    /// as a run started right after a backfill would (before autovacuum gets to them).
-    #[arg(long)]
-    pub skip_analyze: bool,
-    /// Make PostgreSQL log every statement of the benchmark database that takes at least this long (server log;
-    /// needs a superuser), to see which statements a phase's time goes to.
-    #[arg(long)]
-    pub pg_log_min_duration_ms: Option<u32>,
-    /// Skip the fetch and COPY floors (backfill and incremental runs only).
-    #[arg(long)]
-    pub skip_floors: bool,
-    /// Seconds a sync run may take before the benchmark gives up on it.
-    #[arg(long, default_value_t = 900)]
-    pub phase_timeout: u64,
-    /// Seconds to wait for the simulator to generate its sessions and answer.
-    #[arg(long, default_value_t = 600)]
-    pub simulator_timeout: u64,
-}
-
-/// Items per page for the floors (the API's maximum).
-const FLOOR_PAGE_SIZE: u32 = 200;
-/// The scratch schema of the COPY floor.
-const FLOOR_SCHEMA: &str = "bench_floor";
-/// Issue 5's targets.
-const TARGET_BACKFILL_VS_COPY: f64 = 1.5;
-const TARGET_RSS_MB: f64 = 100.0;
-const TARGET_INCREMENTAL: Duration = Duration::from_secs(1);
-const TARGET_NOOP: Duration = Duration::from_millis(200);
 
 pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.sessions > 0, "--sessions must be at least 1");
@@ -256,7 +208,7 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
     let changed = updated + created;
     let enrichment_allowance =
-        div_ceil(pending_enrichment.max(0) as u64 + created, settings.sync.enrichment_batch as u64);
+        (pending_enrichment.max(0) as u64 + created).div_ceil(settings.sync.enrichment_batch.max(1) as u64);
     let report = Report {
         args: args.clone(),
         machine,
@@ -295,8 +247,4 @@ async fn within<T>(
 
 fn progress(message: std::fmt::Arguments<'_>) {
     eprintln!("bench: {message}");
-}
-
-fn div_ceil(a: u64, b: u64) -> u64 {
-    if b == 0 { 0 } else { a.div_ceil(b) }
 }
