@@ -184,6 +184,17 @@ impl Store {
         .context("counting the source's sessions")
     }
 
+    /// The largest `updated_at` (Unix seconds) of the sessions `source` delivered, if any.
+    pub async fn max_updated_at(&self, source: &str) -> anyhow::Result<Option<i64>> {
+        let query =
+            sqlx::query_scalar("select extract(epoch from max(updated_at))::bigint from sessions where source = $1")
+                .bind(source)
+                .fetch_one(&self.pool);
+        self.bounded("reading the source's newest updated_at", query)
+            .await
+            .context("reading the largest updated_at of the source's sessions")
+    }
+
     /// The last clock anomaly of the source and when it was seen, if any.
     pub async fn clock_anomaly(&self, source: &str) -> anyhow::Result<Option<(String, DateTime<Utc>)>> {
         let row: Option<(Option<String>, Option<DateTime<Utc>>)> =

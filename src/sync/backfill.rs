@@ -103,6 +103,10 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
         walk::keep_earliest(&mut total.min_server_time, Some(&start));
     } else {
         total.min_server_time = None;
+        // Without `Date`, the watermark falls back to the largest `updated_at` the backfill loaded — in every
+        // window, also those an earlier, interrupted run finished (a resumed backfill may have none left to walk).
+        let loaded = store.max_updated_at(&source).await?;
+        total.max_updated_at = total.max_updated_at.max(loaded);
     }
     let settle = syncer.settings().sync.settle.as_secs() as i64;
     let update = walk::decide_watermark(&source, &total, settle, &clock, state.started_at);

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestApp, api_order, assert_present_sessions_match_truth, last_run};
+use common::{DEFAULT_SOURCE, TestApp, api_order, assert_present_sessions_match_truth, last_run};
 use devin_etl::sync::Mode;
 use devin_sim::{Fault, Switches};
 
@@ -151,6 +151,32 @@ async fn without_a_date_header_the_watermark_falls_back_to_the_largest_updated_a
     app.sim.update_some(5);
     app.sim.advance(1);
     app.syncer.sync(None).await.unwrap();
+    app.assert_matches_truth().await;
+}
+
+#[tokio::test]
+async fn a_backfill_resumed_after_its_last_window_without_a_date_header_completes_with_a_watermark() {
+    let app = app(60, |_| {}).await;
+    app.sim.set_switches(switch(|s| s.omit_date = true));
+    let max_updated = app.sim.sessions().iter().map(|s| s.updated_at).max();
+    app.syncer.run_once(Mode::Backfill).await.unwrap();
+    // The process died after the last window committed but before the backfill's completion did: every window
+    // is recorded done, the backfill is not complete and there is no watermark yet.
+    sqlx::query(
+        "update sync_state set backfill_completed_at = null, watermark = null, watermark_observed_at = null,
+                clock_offset = null where source = $1",
+    )
+    .bind(DEFAULT_SOURCE)
+    .execute(app.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(app.watermark().await, None);
+
+    let resumed = app.syncer.run_once(Mode::Backfill).await.unwrap();
+    assert_eq!(resumed.items, 0, "no window is left to walk");
+    let state = app.store().backfill_state(DEFAULT_SOURCE).await.unwrap().expect("a backfill state");
+    assert!(state.completed, "the resumed backfill completes");
+    assert_eq!(app.watermark().await, max_updated, "the largest updated_at the backfill loaded");
     app.assert_matches_truth().await;
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::args::BenchArgs;
 use crate::database::Machine;
 use crate::measure::Phase;
-use crate::args::BenchArgs;
 
 /// Issue 5's targets.
 const TARGET_BACKFILL_VS_COPY: f64 = 1.5;
