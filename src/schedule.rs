@@ -1,6 +1,6 @@
 //! The daemon loop of `devin-etl run`: waits for the next tick of `sync.schedule` (incremental + enrichment)
-//! or `sync.reconcile_schedule` (reconcile), runs it under the source's advisory lock so any number of replicas
-//! sync each source once, and stops cleanly on shutdown. One run at a time per process: ticks that fall during
+//! or `sync.reconcile_schedule` (reconcile), runs it under the source's advisory lock and claims the tick first, so
+//! any number of replicas run each tick of each source once, and stops cleanly on shutdown. One run at a time per process: ticks that fall during
 //! a run are skipped and logged.
 
 use std::time::Duration;
@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::sync::{Job, RunErrorKind, Syncer};
+use crate::sync::{Job, RunErrorKind, Syncer, TickOutcome};
+use crate::telemetry::metric;
 
 /// Runs until `shutdown` turns true. With `backfill`, a backfill runs first unless one has completed already
 /// (here or on another replica).
@@ -26,7 +27,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
     let settings = &syncer.settings().sync;
     let grace = settings.shutdown_grace;
     if backfill_pending {
-        run_job(&syncer, Job::BackfillUnlessDone, &mut backfill_pending, &shutdown, grace).await;
+        run_job(&syncer, Job::BackfillUnlessDone, None, &mut backfill_pending, &shutdown, grace).await;
     }
     loop {
         if *shutdown.borrow() {
@@ -43,7 +44,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
             _ = shutdown.changed() => continue,
         }
         let started = Utc::now();
-        run_job(&syncer, job, &mut backfill_pending, &shutdown, grace).await;
+        run_job(&syncer, job, Some(at), &mut backfill_pending, &shutdown, grace).await;
         let skipped = settings.schedule.after(&started).take_while(|t| *t <= Utc::now()).count();
         if skipped > 0 {
             tracing::info!(skipped, "ticks fell during the run and were skipped (runs never overlap)");
@@ -63,10 +64,56 @@ fn next_tick(settings: &crate::settings::SyncSettings, now: DateTime<Utc>) -> Op
     }
 }
 
-/// Runs one job under the source's advisory lock, giving it `grace` to stop after shutdown is requested.
+/// What one tick came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// This replica ran it.
+    Ran,
+    /// This replica ran it and a run failed (logged and recorded by the run); the next tick retries.
+    Failed,
+    /// Another replica had already claimed and run this tick: skipped.
+    AlreadyClaimed,
+    /// Another replica held the source's lock: skipped.
+    Busy,
+}
+
+/// Runs `job` under the source's lock — for the scheduled tick at `at`, claimed first so that it runs once across
+/// replicas, or unscheduled (`None`: the start-up backfill) — and logs and counts a tick this replica skips
+/// (`devin_etl_ticks_skipped_total`, by reason).
+pub async fn run_tick(syncer: &Syncer, job: Job, at: Option<DateTime<Utc>>) -> Tick {
+    let result = match at {
+        Some(at) => syncer.run_tick(job, at).await,
+        None => syncer.run_job(job).await.map(TickOutcome::Ran),
+    };
+    let skipped = |reason: &'static str| {
+        metrics::counter!(metric::TICKS_SKIPPED, "source" => syncer.source().to_owned(), "reason" => reason)
+            .increment(1);
+    };
+    match result {
+        Ok(TickOutcome::Ran(_)) => Tick::Ran,
+        Ok(TickOutcome::AlreadyClaimed) => {
+            tracing::info!(job = ?job, tick = ?at, "another replica already ran this tick; skipping it");
+            skipped("claimed");
+            Tick::AlreadyClaimed
+        }
+        Err(e) if RunErrorKind::of(&e) == RunErrorKind::SourceBusy => {
+            tracing::info!(job = ?job, tick = ?at, "another replica is syncing this source; skipping this tick");
+            skipped("busy");
+            Tick::Busy
+        }
+        // The run has logged and recorded its failure; the next tick retries.
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "run ended with an error");
+            Tick::Failed
+        }
+    }
+}
+
+/// [`run_tick`], giving the job `grace` to stop after shutdown is requested.
 async fn run_job(
     syncer: &Syncer,
     job: Job,
+    at: Option<DateTime<Utc>>,
     backfill_pending: &mut bool,
     shutdown: &watch::Receiver<bool>,
     grace: Duration,
@@ -77,15 +124,11 @@ async fn run_job(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = syncer.run_job(job) => match result {
-            Ok(_) if job == Job::BackfillUnlessDone => *backfill_pending = false,
-            Ok(_) => {}
-            Err(e) if RunErrorKind::of(&e) == RunErrorKind::SourceBusy => {
-                tracing::info!(job = ?job, "another replica is syncing this source; skipping this tick");
+        tick = run_tick(syncer, job, at) => {
+            if tick == Tick::Ran && job == Job::BackfillUnlessDone {
+                *backfill_pending = false;
             }
-            // The run has logged and recorded its failure; the next tick retries.
-            Err(e) => tracing::debug!(error = %format!("{e:#}"), "run ended with an error"),
-        },
+        }
         // Dropping the job drops its lock, whose connection closes: the open transaction rolls back.
         () = grace_over => {
             tracing::warn!(grace_secs = grace.as_secs(), "the run did not stop within the shutdown grace period; abandoning it (its open transaction rolls back)");

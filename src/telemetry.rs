@@ -26,6 +26,7 @@ pub mod metric {
     pub const CLOCK_ANOMALIES: &str = "devin_etl_clock_anomalies_total";
     pub const LOCK_LOST: &str = "devin_etl_lock_lost_total";
     pub const RUNS_FENCED: &str = "devin_etl_runs_fenced_total";
+    pub const TICKS_SKIPPED: &str = "devin_etl_ticks_skipped_total";
 
     /// Every metric.
     pub const ALL: &[&str] = &[
@@ -42,10 +43,12 @@ pub mod metric {
         CLOCK_ANOMALIES,
         LOCK_LOST,
         RUNS_FENCED,
+        TICKS_SKIPPED,
     ];
 
-    /// The metrics that appear only after a fault (a clock anomaly, a lost lock): a healthy run never emits them.
-    pub const ONLY_AFTER_A_FAULT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED];
+    /// The metrics that appear only after an event a healthy single run does not cause (a clock anomaly, a lost
+    /// lock, a tick another replica ran).
+    pub const ONLY_AFTER_AN_EVENT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED, TICKS_SKIPPED];
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
@@ -144,6 +147,12 @@ fn describe_metrics() {
         metric::RUNS_FENCED,
         Unit::Count,
         "Runs stopped because they no longer held their source's lock (fenced), by source."
+    );
+    describe_counter!(
+        metric::TICKS_SKIPPED,
+        Unit::Count,
+        "Scheduled ticks this replica skipped, by source and reason: claimed (another replica ran it) or busy \
+         (another replica held the lock)."
     );
     for mode in ["incremental", "backfill"] {
         for status in ["succeeded", "failed", "aborted"] {

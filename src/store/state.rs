@@ -184,6 +184,30 @@ impl Store {
         .context("counting the source's sessions")
     }
 
+    /// Claims the scheduled tick at `tick` for `source`, on a fenced store (under the source's lock): true when no
+    /// replica has claimed it, or a later one, yet. Replicas take the lock one after the other, so the second one to
+    /// reach a tick finds it claimed and skips it.
+    pub async fn claim_tick(&self, source: &str, tick: DateTime<Utc>) -> anyhow::Result<bool> {
+        self.bounded("claiming the tick", async {
+            let mut tx = self.begin().await?;
+            let claimed = sqlx::query(
+                "insert into sync_state (source, claimed_tick) values ($1, $2)
+                 on conflict (source) do update set claimed_tick = excluded.claimed_tick
+                 where sync_state.claimed_tick is null or sync_state.claimed_tick < excluded.claimed_tick",
+            )
+            .bind(source)
+            .bind(tick)
+            .execute(&mut *tx)
+            .await
+            .context("claiming the tick in sync_state")?
+            .rows_affected()
+                == 1;
+            tx.commit().await.context("committing the tick's claim")?;
+            anyhow::Ok(claimed)
+        })
+        .await
+    }
+
     /// The largest `updated_at` (Unix seconds) of the sessions `source` delivered, if any.
     pub async fn max_updated_at(&self, source: &str) -> anyhow::Result<Option<i64>> {
         let query =

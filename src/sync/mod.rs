@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 pub use error::{Interrupted, RunError, RunErrorKind};
-pub use job::Job;
+pub use job::{Job, TickOutcome};
 pub use progress::{Progress, ProgressSink};
 pub use walk::WalkStats;
 

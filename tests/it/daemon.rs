@@ -6,10 +6,12 @@ use crate::common;
 use std::time::Duration;
 
 use common::child::{self, ChildLog, child_env};
+use common::logs::Logs;
 use common::{TestApp, build_syncer};
-use devin_etl::schedule::run_daemon;
+use devin_etl::schedule::{Tick, run_daemon, run_tick};
 use devin_etl::settings::parse_schedule;
-use devin_etl::sync::Mode;
+use devin_etl::sync::{Job, Mode};
+use devin_etl::telemetry::{install_metrics, metric};
 use devin_sim::{Fault, SimulatorConfig};
 use tokio::sync::watch;
 
@@ -56,6 +58,77 @@ async fn two_replicas_never_overlap_and_each_tick_runs_once() {
     // The last changes may have landed after the last tick; one more run settles them.
     app.syncer.sync(None).await.unwrap();
     app.assert_matches_truth().await;
+}
+
+/// The value of `devin_etl_ticks_skipped_total{source, reason}` in the process-wide recorder (0 when absent).
+fn ticks_skipped(source: &str, reason: &str) -> f64 {
+    let text = install_metrics().unwrap().render();
+    let labels = [format!("source=\"{source}\""), format!("reason=\"{reason}\"")];
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{}{{", metric::TICKS_SKIPPED)))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn runs(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from sync_runs").fetch_one(app.store().pool()).await.unwrap()
+}
+
+/// Two replicas, one tick: the second reaches the lock only after the first released it (no timing involved:
+/// one after the other). The tick runs once; the second replica skips it, says so and counts it.
+#[tokio::test]
+async fn a_tick_another_replica_already_ran_is_skipped_logged_and_counted() {
+    let source = "tick_claims";
+    let app = TestApp::spawn_with(SimulatorConfig { sessions: 40, manual_clock: true, ..Default::default() }, |s| {
+        s.sync.source = source.to_owned()
+    })
+    .await;
+    install_metrics().unwrap();
+    let (a, b) = (app.syncer.clone(), build_syncer(app.settings.clone()).await);
+    let job = Job::Sync { since: None };
+    let tick: chrono::DateTime<chrono::Utc> = "2026-12-01T03:15:00Z".parse().unwrap();
+
+    assert_eq!(run_tick(&a, job, Some(tick)).await, Tick::Ran);
+    assert_eq!(runs(&app).await, 2, "incremental and enrichment");
+    let before = ticks_skipped(source, "claimed");
+    let (logs, guard) = Logs::capture_from(tracing::Level::INFO);
+    let b_tick = run_tick(&b, job, Some(tick)).await;
+    drop(guard);
+    assert_eq!(b_tick, Tick::AlreadyClaimed);
+    assert_eq!(runs(&app).await, 2, "the second replica ran nothing");
+    assert!(logs.text().contains("another replica already ran this tick"), "{}", logs.text());
+    assert_eq!(ticks_skipped(source, "claimed") - before, 1.0);
+    // An earlier tick is covered too (a replica whose clock lags); the next tick runs, on either replica.
+    assert_eq!(run_tick(&a, job, Some(tick - chrono::Duration::minutes(15))).await, Tick::AlreadyClaimed);
+    app.sim.advance(60);
+    app.sim.update_some(5);
+    assert_eq!(run_tick(&b, job, Some(tick + chrono::Duration::minutes(15))).await, Tick::Ran);
+    assert_eq!(runs(&app).await, 4);
+    common::assert_source_matches_where(app.store(), source, &app.sim.sessions(), |_| true).await;
+}
+
+/// A replica that finds the lock held skips the tick without claiming it: the holder was not running that tick,
+/// so it is still there to run.
+#[tokio::test]
+async fn a_tick_while_another_replica_holds_the_lock_is_skipped_without_claiming_it() {
+    let source = "tick_busy";
+    let app = TestApp::spawn_with(SimulatorConfig { sessions: 40, manual_clock: true, ..Default::default() }, |s| {
+        s.sync.source = source.to_owned()
+    })
+    .await;
+    install_metrics().unwrap();
+    let job = Job::Sync { since: None };
+    let tick: chrono::DateTime<chrono::Utc> = "2026-12-01T03:15:00Z".parse().unwrap();
+    let held = app.syncer.lock().await.unwrap();
+    let before = ticks_skipped(source, "busy");
+    let other = build_syncer(app.settings.clone()).await;
+    assert_eq!(run_tick(&other, job, Some(tick)).await, Tick::Busy);
+    assert_eq!(ticks_skipped(source, "busy") - before, 1.0);
+    assert_eq!(runs(&app).await, 0);
+    held.release().await;
+    assert_eq!(run_tick(&other, job, Some(tick)).await, Tick::Ran, "the tick was not claimed by the busy replica");
+    common::assert_source_matches_where(app.store(), source, &app.sim.sessions(), |_| true).await;
 }
 
 /// Polls until `f` is true or the time is up.

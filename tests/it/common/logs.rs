@@ -8,12 +8,14 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        Logs::capture_from(tracing::Level::WARN)
+    }
+
+    /// As [`Logs::capture`], from `level` up.
+    pub fn capture_from(level: tracing::Level) -> (Logs, tracing::subscriber::DefaultGuard) {
         let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .finish();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(logs.clone()).with_max_level(level).with_ansi(false).finish();
         (logs.clone(), tracing::subscriber::set_default(subscriber))
     }
 
