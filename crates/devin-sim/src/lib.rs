@@ -85,6 +85,8 @@ pub struct Switches {
     pub omit_total: bool,
     /// Send no `Date` header.
     pub omit_date: bool,
+    /// Read `updated_after` as inclusive (`>=`) instead of exclusive (`>`): the spec does not say which it is.
+    pub updated_after_inclusive: bool,
 }
 
 /// A fault injected into list responses with [`Simulator::inject`].

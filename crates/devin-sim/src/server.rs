@@ -688,7 +688,11 @@ fn item_bytes(e: &Entry, extra_fields: bool, drop_id: bool) -> Cow<'_, [u8]> {
 
 /// Builds a page body; returns it with its number of items.
 fn page(sim: &Simulator, q: &ListQuery, sw: &Switches, malformed: bool) -> (Vec<u8>, usize) {
-    let filters = if sw.ignore_filters { Filters::default() } else { q.filters.clone() };
+    let mut filters = if sw.ignore_filters { Filters::default() } else { q.filters.clone() };
+    if sw.updated_after_inclusive {
+        // Whole seconds: `>= t` is `> t - 1`.
+        filters.updated_after = filters.updated_after.map(|t| t - 1);
+    }
     let store = read(&sim.inner.store);
     let total = (!sw.omit_total).then(|| total(sim, &store, &filters));
     let before = q.after.as_ref().and_then(|c| c.pos.clone());
