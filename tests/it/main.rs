@@ -24,4 +24,5 @@ mod small_holes;
 mod sources;
 mod sync_core;
 mod tcp_proxy;
+mod untested_paths;
 mod watermark_ties;

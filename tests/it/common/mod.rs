@@ -414,6 +414,15 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
     }
 }
 
+/// As [`wait_until`], for a condition that has to await (a query).
+pub async fn eventually(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The latest `sync_runs` row: (mode, status, retries, requests, error).
 pub async fn last_run(store: &Store) -> (String, String, i64, i64, Option<String>) {
     sqlx::query_as("select mode, status, retries, requests, error from sync_runs order by run_id desc limit 1")
