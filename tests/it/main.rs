@@ -24,3 +24,4 @@ mod small_holes;
 mod sources;
 mod sync_core;
 mod tcp_proxy;
+mod wire_format;
