@@ -13,7 +13,9 @@
 //! * `tests/fixtures/sessions-insights.schema.json` is a JSON Schema of the response body written by hand from the
 //!   spec. The fixtures and every page the simulator produces must validate against it (with `boon`), and pages
 //!   broken in the ways a model can drift from the spec (a renamed field, a wrong type, a missing required field,
-//!   a value outside an enum) must not.
+//!   a value outside an enum) must not. The schema itself is compared with the OpenAPI spec
+//!   (`tests/fixtures/sessions-insights.openapi.yaml`, a copy of the API's spec): the same schemas, properties,
+//!   required lists, types and nullability, references, enums and defaults.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -433,4 +435,90 @@ fn pages_broken_the_ways_a_model_drifts_from_the_spec_do_not_validate() {
         break_it(&mut broken);
         assert!(validator.validate(&broken).is_err(), "a page with {what} validates against {SCHEMA}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The schema against the spec
+
+/// What the schema and the spec must agree on for one property.
+#[derive(Debug, Default, PartialEq)]
+struct Shape {
+    required: bool,
+    /// JSON types, `null` included when the property is nullable.
+    types: BTreeSet<String>,
+    /// Schemas referenced (directly or as an `anyOf` alternative).
+    refs: BTreeSet<String>,
+    /// The type or referenced schema of an array's elements.
+    items: Option<String>,
+    /// Enum values as JSON text, `null` included when the property is nullable.
+    enums: BTreeSet<String>,
+    default: Option<Value>,
+}
+
+/// The shape of `prop`; `prefix` is how the document spells references (`#/$defs/`, `#/components/schemas/`).
+fn shape(prop: &Value, required: bool, prefix: &str) -> Shape {
+    let mut s = Shape { required, default: prop.get("default").cloned(), ..Shape::default() };
+    let alternatives: Vec<&Value> = match prop["anyOf"].as_array() {
+        Some(alts) => alts.iter().collect(),
+        None => vec![prop],
+    };
+    for alt in alternatives {
+        match &alt["type"] {
+            Value::String(t) => drop(s.types.insert(t.clone())),
+            Value::Array(ts) => s.types.extend(ts.iter().filter_map(Value::as_str).map(str::to_owned)),
+            _ => {}
+        }
+        if let Some(r) = alt["$ref"].as_str() {
+            s.refs.insert(r.trim_start_matches(prefix).to_owned());
+        }
+        s.enums.extend(alt["enum"].as_array().into_iter().flatten().map(Value::to_string));
+        let items = &alt["items"];
+        s.items = s.items.take().or_else(|| {
+            items["$ref"]
+                .as_str()
+                .map(|r| r.trim_start_matches(prefix).to_owned())
+                .or_else(|| items["type"].as_str().map(str::to_owned))
+        });
+    }
+    if !s.enums.is_empty() && s.types.contains("null") {
+        s.enums.insert("null".to_owned());
+    }
+    s
+}
+
+/// Every property of every schema of `schemas`, as `(schema, property) -> shape`.
+fn shapes(schemas: &serde_json::Map<String, Value>, prefix: &str) -> BTreeMap<(String, String), Shape> {
+    let mut out = BTreeMap::new();
+    for (name, schema) in schemas {
+        let required: Vec<&str> =
+            schema["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        for (prop, prop_schema) in schema["properties"].as_object().unwrap() {
+            out.insert((name.clone(), prop.clone()), shape(prop_schema, required.contains(&prop.as_str()), prefix));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_schema_says_what_the_openapi_spec_says() {
+    let spec: Value = serde_yaml::from_str(&fixture_text("sessions-insights.openapi.yaml")).unwrap();
+    let response = &spec["paths"]["/v3/enterprise/sessions/insights"]["get"]["responses"]["200"];
+    assert_eq!(
+        response["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PaginatedResponse_SessionInsightsResponse_"
+    );
+    let mut spec_schemas = spec["components"]["schemas"].as_object().unwrap().clone();
+    // The 422 body's schemas are not part of the 200 response.
+    spec_schemas.retain(|name, _| !matches!(name.as_str(), "HTTPValidationError" | "ValidationError"));
+    let schema = fixture(SCHEMA);
+    assert_eq!(schema["$ref"], "#/$defs/PaginatedResponse_SessionInsightsResponse_");
+    let ours = shapes(schema["$defs"].as_object().unwrap(), "#/$defs/");
+    let theirs = shapes(&spec_schemas, "#/components/schemas/");
+    let keys: BTreeSet<&(String, String)> = ours.keys().chain(theirs.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|k| ours.get(*k) != theirs.get(*k))
+        .map(|k| format!("{}.{}: schema {:?}, spec {:?}", k.0, k.1, ours.get(k), theirs.get(k)))
+        .collect();
+    assert!(differences.is_empty(), "{SCHEMA} disagrees with the spec: {differences:#?}");
 }
