@@ -1,6 +1,6 @@
 //! The integration tests, as one binary (one link of the crate instead of one per file): each module is one
 //! area of behaviour, `common` the shared harness (fresh databases, the simulator, child processes, private
-//! PostgreSQL clusters, a TCP proxy). Run one area with `scripts/test -- sync_core::` (a name filter).
+//! PostgreSQL clusters, a TCP proxy). Run one area with `scripts/test --test it sync_core::` (a name filter).
 
 mod common;
 
@@ -27,3 +27,4 @@ mod sync_core;
 mod tcp_proxy;
 mod untested_paths;
 mod watermark_ties;
+mod wire_format;
