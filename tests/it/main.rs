@@ -21,6 +21,7 @@ mod resilience_database;
 mod resilience_faults;
 mod resilience_input;
 mod resilience_late_data;
+mod shutdown;
 mod small_holes;
 mod sources;
 mod sync_core;
