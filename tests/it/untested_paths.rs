@@ -240,33 +240,40 @@ async fn repeated_pr_urls_tags_and_child_ids_inside_one_item_are_stored_once() {
     assert_eq!(children, [child_id]);
 }
 
-/// `run` with a reconcile every second: a session removed upstream is marked deleted by a scheduled reconcile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reconcile_tick_inside_run_marks_a_removed_session_deleted() {
-    let app = TestApp::spawn_with(SimulatorConfig { sessions: 40, manual_clock: true, ..Default::default() }, |s| {
-        s.sync.schedule = parse_schedule("sync.schedule", "0 0 0 1 1 * 2099").unwrap();
-        s.sync.reconcile_schedule = parse_schedule("sync.reconcile_schedule", "* * * * * *").unwrap();
+/// An app whose daemon runs `sync.schedule` = `sync` and `sync.reconcile_schedule` = `reconcile`.
+async fn app_with_schedules(sync: &str, reconcile: &str) -> TestApp {
+    TestApp::spawn_with(SimulatorConfig { sessions: 40, manual_clock: true, ..Default::default() }, |s| {
+        s.sync.schedule = parse_schedule("sync.schedule", sync).unwrap();
+        s.sync.reconcile_schedule = parse_schedule("sync.reconcile_schedule", reconcile).unwrap();
     })
-    .await;
-    app.syncer.run_once(Mode::Backfill).await.unwrap();
-    let gone = app.sim.sessions()[3].session_id.clone();
-    assert!(app.sim.remove(&gone));
+    .await
+}
+
+/// Runs the daemon (`run` without `--backfill`) until the query `until` (one boolean) is true, then stops it.
+async fn run_daemon_until(app: &TestApp, what: &str, until: &str, bind: &str) {
     let (stop, stopped) = watch::channel(false);
     let daemon = tokio::spawn(run_daemon(app.syncer.clone().with_shutdown(stopped.clone()), false, stopped));
     let pool = app.store().pool().clone();
-    common::eventually("a scheduled reconcile marks the session deleted", Duration::from_secs(20), async || {
-        sqlx::query_scalar::<_, bool>("select deleted_at is not null from sessions where session_id = $1")
-            .bind(&gone)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+    common::eventually(what, Duration::from_secs(20), async || {
+        sqlx::query_scalar::<_, bool>(until).bind(bind).fetch_one(&pool).await.unwrap()
     })
     .await;
     stop.send(true).unwrap();
     daemon.await.unwrap().unwrap();
+}
+
+/// `run` with a reconcile every second: a session removed upstream is marked deleted by a scheduled reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_tick_inside_run_marks_a_removed_session_deleted() {
+    let app = app_with_schedules("0 0 0 1 1 * 2099", "* * * * * *").await;
+    app.syncer.run_once(Mode::Backfill).await.unwrap();
+    let gone = app.sim.sessions()[3].session_id.clone();
+    assert!(app.sim.remove(&gone));
+    let until = "select deleted_at is not null from sessions where session_id = $1";
+    run_daemon_until(&app, "a scheduled reconcile marks the session deleted", until, &gone).await;
     let reconciles: i64 =
         sqlx::query_scalar("select count(*) from sync_runs where mode = 'reconcile' and status = 'succeeded'")
-            .fetch_one(&pool)
+            .fetch_one(app.store().pool())
             .await
             .unwrap();
     assert!(reconciles >= 1);
@@ -276,29 +283,13 @@ async fn a_reconcile_tick_inside_run_marks_a_removed_session_deleted() {
 /// `run` with a sync every second: the first tick fails (the API refuses the token once), the next one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_tick_is_retried_on_the_next_tick() {
-    let app = TestApp::spawn_with(SimulatorConfig { sessions: 40, manual_clock: true, ..Default::default() }, |s| {
-        s.sync.schedule = parse_schedule("sync.schedule", "* * * * * *").unwrap();
-        s.sync.reconcile_schedule = parse_schedule("sync.reconcile_schedule", "0 0 0 1 1 * 2099").unwrap();
-    })
-    .await;
+    let app = app_with_schedules("* * * * * *", "0 0 0 1 1 * 2099").await;
     app.sim.inject(0, Fault::Status { code: 401, retry_after: None }, 1);
-    let (stop, stopped) = watch::channel(false);
-    let daemon = tokio::spawn(run_daemon(app.syncer.clone().with_shutdown(stopped.clone()), false, stopped));
-    let pool = app.store().pool().clone();
-    common::eventually("a tick succeeds after the failed one", Duration::from_secs(20), async || {
-        sqlx::query_scalar::<_, bool>(
-            "select exists (select 1 from sync_runs where mode = 'incremental' and status = 'succeeded')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    })
-    .await;
-    stop.send(true).unwrap();
-    daemon.await.unwrap().unwrap();
+    let until = "select exists (select 1 from sync_runs where mode = $1 and status = 'succeeded')";
+    run_daemon_until(&app, "a tick succeeds after the failed one", until, "incremental").await;
     let first: (String, String, Option<String>) =
         sqlx::query_as("select mode, status, error from sync_runs order by run_id limit 1")
-            .fetch_one(&pool)
+            .fetch_one(app.store().pool())
             .await
             .unwrap();
     assert_eq!((first.0.as_str(), first.1.as_str()), ("incremental", "failed"), "{first:?}");

@@ -147,22 +147,12 @@ fn key_columns(table: &str) -> &'static [&'static str] {
     }
 }
 
-/// Numbers as f64 (jsonb gives back 250 for 250.0 and the other way round), everything else as is.
-fn canonical(v: Value) -> Value {
-    match v {
-        Value::Number(n) => json!(n.as_f64()),
-        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, canonical(v))).collect()),
-        other => other,
-    }
-}
-
 fn keyed(table: &str, rows: Vec<Value>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for row in rows {
         let key: Vec<String> = key_columns(table).iter().map(|c| row[c].to_string()).collect();
         let key = key.join("|");
-        let row = canonical(row);
+        let row = common::canonical(row);
         assert!(out.insert(key.clone(), row).is_none(), "{table}: two rows with key {key}");
     }
     out
@@ -219,11 +209,11 @@ async fn assert_warehouse_is_as_written(store: &devin_etl::store::Store) {
     let served: BTreeMap<String, Value> = fixture_pages()
         .into_iter()
         .flat_map(|(_, page)| page["items"].as_array().unwrap().clone())
-        .map(|item| (item["session_id"].as_str().unwrap().to_owned(), canonical(item)))
+        .map(|item| (item["session_id"].as_str().unwrap().to_owned(), common::canonical(item)))
         .collect();
     let raws: Vec<(String, Value)> =
         sqlx::query_as("select session_id, raw from sessions").fetch_all(store.pool()).await.unwrap();
-    let raws: BTreeMap<String, Value> = raws.into_iter().map(|(id, raw)| (id, canonical(raw))).collect();
+    let raws: BTreeMap<String, Value> = raws.into_iter().map(|(id, raw)| (id, common::canonical(raw))).collect();
     assert_eq!(raws.keys().collect::<Vec<_>>(), served.keys().collect::<Vec<_>>());
     for (id, item) in &served {
         assert_eq!(&raws[id], item, "sessions.raw of {id} is not the item as served");

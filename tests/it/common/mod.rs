@@ -140,7 +140,7 @@ pub async fn build_syncer(settings: Settings) -> Syncer {
 }
 
 /// Numbers compared as f64 (jsonb renders 3.0 as 3), everything else as is.
-fn canonical(v: Value) -> Value {
+pub fn canonical(v: Value) -> Value {
     match v {
         Value::Number(n) => json!(n.as_f64()),
         Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
