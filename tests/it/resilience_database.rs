@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{TestApp, admin_url, api_order, assert_present_sessions_match_truth, wait_until};
+use common::{TestApp, admin_url, api_order, assert_present_sessions_match_truth};
 use devin_etl::sync::Mode;
 use devin_sim::{Fault, SimulatorConfig};
 use sqlx::Connection as _;
