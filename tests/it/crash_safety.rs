@@ -107,17 +107,24 @@ impl World {
 
     /// Runs `devin-etl ARGS` and kills it with SIGKILL once `pg_stat_activity` has shown the `nth` distinct
     /// statement of the test database that `condition` (SQL over `pg_stat_activity`) selects, counting only
-    /// once `gate` holds; the kill is sent while that statement is still running. Panics if the run ends first.
+    /// once `gate` holds; the kill is sent right after a poll that still shows one. Panics if the run ends
+    /// first.
     async fn kill_during(&mut self, args: &[&str], condition: &str, nth: usize, gate: impl Fn(&Simulator) -> bool) {
         self.sim.inject(0, Fault::Slow(SLOW), 1_000_000);
         let sql = format!(
-            "select pid, query_start::text, clock_timestamp() - query_start < interval '100 milliseconds', query
-             from pg_stat_activity
+            "select pid, query_start::text, query from pg_stat_activity
              where datname = $1 and pid <> pg_backend_pid() and state = 'active' and ({condition})"
         );
         let (mut child, log) = self.spawn(args);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut seen: BTreeSet<(i32, String)> = BTreeSet::new();
         let status: ExitStatus = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "statement {nth} where {condition} never showed (saw {}):\n{}",
+                seen.len(),
+                log.tail()
+            );
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "devin-etl {args:?} ended ({status}) before statement {nth} where {condition} \
@@ -127,16 +134,15 @@ impl World {
                 );
             }
             if gate(&self.sim) {
-                let rows: Vec<(i32, String, bool, String)> =
+                let rows: Vec<(i32, String, String)> =
                     sqlx::query_as(&sql).bind(&self.db.name).fetch_all(self.store.pool()).await.unwrap();
-                let mut young = None;
-                for (pid, start, is_young, query) in rows {
-                    if seen.insert((pid, start)) && is_young {
-                        young = Some(query);
-                    }
+                let mut in_flight = None;
+                for (pid, start, query) in rows {
+                    seen.insert((pid, start));
+                    in_flight = Some(query);
                 }
                 if seen.len() >= nth
-                    && let Some(query) = young
+                    && let Some(query) = in_flight
                 {
                     // `kill` sends SIGKILL: no destructor, no signal handler, no goodbye to PostgreSQL.
                     child.kill().await.unwrap();
@@ -207,9 +213,13 @@ impl World {
     }
 }
 
-/// `pg_stat_activity` condition: a statement writing to `table` (COPY, or the merge's `insert … select`).
+/// `pg_stat_activity` condition: a statement writing to `table` (COPY, or the merge's `insert … select`) that
+/// began less than half the trigger's hold ago, so a kill sent now lands while it still runs.
 fn writing_to(table: &str) -> String {
-    format!("query ilike 'copy {table} %' or query ilike 'insert into {table} %'")
+    format!(
+        "(query ilike 'copy {table} %' or query ilike 'insert into {table} %')
+         and clock_timestamp() - query_start < interval '100 milliseconds'"
+    )
 }
 
 /// Whether a request of an enrichment step (sessions asked for by id) has arrived since request `from`.
