@@ -439,3 +439,115 @@ pub async fn small_pages_app(sessions: usize, tweak: impl FnOnce(&mut Settings))
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Per-session versions, for runs killed part way: each session must be whole in one version or another.
+
+/// Every row of one session across all tables, keyed `table|row key`, plus its decoded `raw` (`raw|`) and
+/// whether it is soft-deleted (`sessions.deleted_at` reduced to `deleted` or null). Empty: not stored.
+pub type SessionVersion = BTreeMap<String, Value>;
+
+fn by_session(tables: impl IntoIterator<Item = (String, BTreeMap<String, Value>)>) -> BTreeMap<String, SessionVersion> {
+    let mut out: BTreeMap<String, SessionVersion> = BTreeMap::new();
+    for (table, rows) in tables {
+        for (key, row) in rows {
+            out.entry(session_of_key(&key).to_owned()).or_default().insert(format!("{table}|{key}"), row);
+        }
+    }
+    out
+}
+
+/// What the warehouse must hold for each session of `truth` (delivered by the default source), not deleted.
+pub fn expected_versions(truth: &[SessionInsights]) -> BTreeMap<String, SessionVersion> {
+    let tables = expected_rows(truth).into_iter().map(|(t, rows)| (t.to_owned(), rows));
+    let mut out = by_session(tables);
+    for s in truth {
+        let version = out.entry(s.session_id.clone()).or_default();
+        version.insert("raw|".to_owned(), serde_json::to_value(s).unwrap());
+    }
+    out
+}
+
+/// What the warehouse holds, per session, in the shape of [`expected_versions`].
+pub async fn actual_versions(store: &Store) -> BTreeMap<String, SessionVersion> {
+    let mut tables = vec![("sessions".to_owned(), actual_rows(store, "sessions", "session_id").await)];
+    for (table, key) in CHILD_KEYS {
+        tables.push(((*table).to_owned(), actual_rows(store, table, key).await));
+    }
+    // `deleted_at` is a time of the database's clock: only whether it is set is compared.
+    for row in tables[0].1.values_mut() {
+        let deleted = row.get("deleted_at").is_some_and(|d| !d.is_null());
+        row["deleted_at"] = if deleted { json!("deleted") } else { Value::Null };
+    }
+    let mut out = by_session(tables);
+    let raws: Vec<(String, Value)> =
+        sqlx::query_as("select session_id, raw from sessions").fetch_all(store.pool()).await.unwrap();
+    for (id, raw) in raws {
+        let decoded: SessionInsights = serde_json::from_value(raw).unwrap();
+        out.entry(id).or_default().insert("raw|".to_owned(), serde_json::to_value(decoded).unwrap());
+    }
+    out
+}
+
+/// `versions` with the sessions `ids` marked soft-deleted (their rows otherwise unchanged).
+pub fn deleted_versions(
+    mut versions: BTreeMap<String, SessionVersion>,
+    ids: &[String],
+) -> BTreeMap<String, SessionVersion> {
+    for id in ids {
+        let version = versions.get_mut(id).expect("a deleted session had a version");
+        let key = format!("sessions|{id}");
+        version.get_mut(&key).expect("a sessions row")["deleted_at"] = json!("deleted");
+    }
+    versions
+}
+
+/// How the sessions of a warehouse compare with two versions of the data.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OldOrNew {
+    /// Sessions whose two versions differ and that hold the old one (absent, when the old had none).
+    pub old: std::collections::BTreeSet<String>,
+    /// Sessions whose two versions differ and that hold the new one.
+    pub new: std::collections::BTreeSet<String>,
+    /// Sessions equal in both versions (and in the warehouse).
+    pub same: usize,
+}
+
+/// Asserts that every session of the warehouse (every row of every table, `raw` included) equals EITHER its
+/// `old` OR its `new` version, never a mix; an absent session must be absent in one of them. Returns which.
+pub async fn assert_each_session_old_or_new(
+    store: &Store,
+    old: &BTreeMap<String, SessionVersion>,
+    new: &BTreeMap<String, SessionVersion>,
+) -> OldOrNew {
+    let actual = actual_versions(store).await;
+    let empty = SessionVersion::new();
+    let ids: std::collections::BTreeSet<&String> = actual.keys().chain(old.keys()).chain(new.keys()).collect();
+    let mut result = OldOrNew::default();
+    for id in ids {
+        let (got, was, will) =
+            (actual.get(id).unwrap_or(&empty), old.get(id).unwrap_or(&empty), new.get(id).unwrap_or(&empty));
+        if was == will {
+            assert_eq!(got, was, "session {id} (unchanged by the run) differs");
+            result.same += 1;
+        } else if got == was {
+            result.old.insert(id.clone());
+        } else if got == will {
+            result.new.insert(id.clone());
+        } else {
+            let diff = |a: &SessionVersion, b: &SessionVersion| -> Vec<String> {
+                a.iter()
+                    .filter(|(k, v)| b.get(*k) != Some(v))
+                    .map(|(k, _)| k.clone())
+                    .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
+                    .collect()
+            };
+            panic!(
+                "session {id} is neither its old nor its new version: differs from the old in {:?}, from the new in {:?}",
+                diff(got, was),
+                diff(got, will)
+            );
+        }
+    }
+    result
+}
