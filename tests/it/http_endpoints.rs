@@ -466,7 +466,7 @@ async fn metrics_of_a_process_of_its_own_count_a_run_exactly() {
         assert!(rows > 0, "{table:?} has rows");
         assert_eq!(value(metric::ROWS_WRITTEN, &[("table", table.name())]), rows as u64, "rows of {table:?}");
     }
-    for name in metric::ONLY_AFTER_A_FAULT {
-        assert_eq!(sample_sum(&text, name, &[]), None, "{name} without a fault:\n{text}");
+    for name in metric::ONLY_AFTER_AN_EVENT {
+        assert_eq!(sample_sum(&text, name, &[]), None, "{name} without such an event:\n{text}");
     }
 }
