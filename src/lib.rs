@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod classified;
 pub mod cli;
 pub mod commands;
 pub mod http;

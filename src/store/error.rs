@@ -23,6 +23,8 @@
 
 use std::time::Duration;
 
+use crate::classified::{Classified, ErrorKind};
+
 /// SQLSTATE codes the store reacts to (PostgreSQL, Appendix A).
 pub mod sqlstate {
     /// `unique_violation`
@@ -91,7 +93,7 @@ impl StoreErrorKind {
         let mut from_store = false;
         for cause in error.chain() {
             if let Some(e) = cause.downcast_ref::<StoreError>() {
-                return Some(e.kind);
+                return Some(e.kind());
             }
             if cause.is::<LostLock>() {
                 return Some(StoreErrorKind::LockLost);
@@ -177,40 +179,12 @@ pub fn has_sqlstate(error: &sqlx::Error, code: &str) -> bool {
     error.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == code)
 }
 
-/// A failed store operation, classified. Shows (and chains) exactly as the error it wraps: its kind is for
-/// decisions, not for messages.
-#[derive(Debug)]
-pub struct StoreError {
-    kind: StoreErrorKind,
-    error: anyhow::Error,
-}
+/// A failed store operation, classified (see [`Classified`]).
+pub type StoreError = Classified<StoreErrorKind>;
 
-impl StoreError {
-    pub fn kind(&self) -> StoreErrorKind {
-        self.kind
-    }
-
-    /// The error as it was, without the classification.
-    pub fn into_inner(self) -> anyhow::Error {
-        self.error
-    }
-}
-
-impl From<anyhow::Error> for StoreError {
-    fn from(error: anyhow::Error) -> StoreError {
-        StoreError { kind: StoreErrorKind::of(&error), error }
-    }
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
+impl ErrorKind for StoreErrorKind {
+    fn of(error: &anyhow::Error) -> StoreErrorKind {
+        StoreErrorKind::of(error)
     }
 }
 

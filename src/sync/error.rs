@@ -8,6 +8,7 @@
 //! and get the classification the run recorded.
 
 use crate::api::ApiError;
+use crate::classified::{Classified, ErrorKind};
 use crate::store::{RunStatus, StoreErrorKind};
 
 use super::normalize::InvalidItem;
@@ -41,8 +42,8 @@ impl RunErrorKind {
     /// Why `error` ended a run: the classification recorded in its [`RunError`] when it has one, else that of
     /// the error types in its chain (shutdown and lock loss first).
     pub fn of(error: &anyhow::Error) -> RunErrorKind {
-        if let Some(e) = error.chain().find_map(|cause| cause.downcast_ref::<RunError>()) {
-            return e.kind;
+        if let Some(kind) = RunError::attached(error) {
+            return kind;
         }
         if error.chain().any(|cause| cause.is::<Interrupted>()) {
             return RunErrorKind::Interrupted;
@@ -84,44 +85,12 @@ impl RunErrorKind {
     }
 }
 
-/// A run's error with its classification. Shows (and chains) exactly as the error it wraps.
-#[derive(Debug)]
-pub struct RunError {
-    kind: RunErrorKind,
-    error: anyhow::Error,
-}
+/// A run's error with its classification (see [`Classified`]).
+pub type RunError = Classified<RunErrorKind>;
 
-impl RunError {
-    /// `error`, classified as `kind` (see [`RunErrorKind::of`]).
-    pub fn new(kind: RunErrorKind, error: anyhow::Error) -> RunError {
-        RunError { kind, error }
-    }
-
-    pub fn kind(&self) -> RunErrorKind {
-        self.kind
-    }
-
-    /// The error as it was, without the classification.
-    pub fn into_inner(self) -> anyhow::Error {
-        self.error
-    }
-}
-
-impl From<anyhow::Error> for RunError {
-    fn from(error: anyhow::Error) -> RunError {
-        RunError { kind: RunErrorKind::of(&error), error }
-    }
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for RunError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
+impl ErrorKind for RunErrorKind {
+    fn of(error: &anyhow::Error) -> RunErrorKind {
+        RunErrorKind::of(error)
     }
 }
 
