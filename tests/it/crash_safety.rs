@@ -189,17 +189,7 @@ impl World {
     /// `(created_after, created_before)` of the window each backfill request since `from` asked for (the clock
     /// probe, without a window, is left out), as `sync_backfill_windows` keys them.
     fn windows_requested_since(&self, from: usize) -> Vec<(i64, i64)> {
-        self.sim.requests()[from..]
-            .iter()
-            .filter_map(|r| {
-                let query = r.path_and_query.split_once('?').map_or("", |(_, q)| q);
-                let param = |name: &str| {
-                    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<i64>().ok())
-                };
-                let (after, before) = (param("created_after"), param("created_before"));
-                (after.is_some() || before.is_some()).then(|| (after.unwrap_or(i64::MIN), before.unwrap_or(i64::MAX)))
-            })
-            .collect()
+        self.sim.requests()[from..].iter().filter_map(|r| r.window()).collect()
     }
 
     async fn assert_matches_truth(&self) {

@@ -131,15 +131,6 @@ async fn a_tick_while_another_replica_holds_the_lock_is_skipped_without_claiming
     common::assert_source_matches_where(app.store(), source, &app.sim.sessions(), |_| true).await;
 }
 
-/// Polls until `f` is true or the time is up.
-async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_page_exits_zero_with_no_partial_page() {
     let app = TestApp::spawn(300).await;
@@ -149,7 +140,7 @@ async fn sigterm_during_a_slow_page_exits_zero_with_no_partial_page() {
     let mut child = log
         .spawn(child::devin_etl(&["run", "--backfill"], child_env(&app)).env("DEVIN_ETL__SYNC__SHUTDOWN_GRACE", "20s"));
     let pool = app.store().pool().clone();
-    wait_until("some pages are committed", 60, async || {
+    common::eventually("some pages are committed", Duration::from_secs(60), async || {
         sqlx::query_scalar::<_, i64>("select count(*) from sessions").fetch_one(&pool).await.unwrap_or(0) > 0
     })
     .await;

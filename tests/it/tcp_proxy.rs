@@ -21,15 +21,6 @@ async fn select(conn: &mut PgConnection, n: i32) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar("select $1::int4").bind(n).fetch_one(conn).await
 }
 
-/// Polls `condition` every 10 ms for up to 5 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A raw connection through the proxy: the first byte it reads within `wait`, `Ok(None)` when it reads
 /// nothing (open and silent), `Err` when closed.
 async fn read_within(stream: &mut TcpStream, wait: Duration) -> Result<Option<u8>, String> {
@@ -70,7 +61,10 @@ async fn blackhole_stalls_forward_recovers_and_cut_fails_fast() {
     let new_connect = timeout(Duration::from_secs(1), PgConnection::connect(&url)).await;
     assert!(new_connect.is_err(), "connecting through a blackhole must hang, not {new_connect:?}");
     // Held too: the attempt the client gave up on (a blackhole does not read, so it does not see the close).
-    eventually("the proxy holds three blackholed connections", || proxy.open_connections() == 3).await;
+    common::wait_until("the proxy holds three blackholed connections", Duration::from_secs(5), || {
+        proxy.open_connections() == 3
+    })
+    .await;
 
     // Forward: new connections work; the blackholed ones are closed.
     proxy.forward();
@@ -82,7 +76,8 @@ async fn blackhole_stalls_forward_recovers_and_cut_fails_fast() {
     let old = timeout(Duration::from_secs(2), select(&mut before, 4)).await;
     assert!(matches!(old, Ok(Err(_))), "the connection that lived through the blackhole is closed: {old:?}");
     drop(before);
-    eventually("only the new connection is open", || proxy.open_connections() == 1).await;
+    common::wait_until("only the new connection is open", Duration::from_secs(5), || proxy.open_connections() == 1)
+        .await;
 
     // Cut: the open connection fails at once, new ones are refused.
     proxy.cut();
@@ -92,7 +87,7 @@ async fn blackhole_stalls_forward_recovers_and_cut_fails_fast() {
     let refused = timeout(Duration::from_secs(2), TcpStream::connect(proxy.addr())).await.unwrap();
     assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(began.elapsed() < Duration::from_secs(1), "both fail at once, took {:?}", began.elapsed());
-    eventually("no connection is open", || proxy.open_connections() == 0).await;
+    common::wait_until("no connection is open", Duration::from_secs(5), || proxy.open_connections() == 0).await;
 
     // And back, on the same port.
     proxy.forward();

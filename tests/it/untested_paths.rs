@@ -16,17 +16,6 @@ use devin_sim::{Fault, SimulatorConfig};
 use serde_json::Value;
 use tokio::sync::watch;
 
-/// `updated_after` of each list request made since request `from`.
-fn updated_after_since(app: &TestApp, from: usize) -> Vec<i64> {
-    app.sim.requests()[from..]
-        .iter()
-        .filter_map(|r| {
-            let query = r.path_and_query.split_once('?')?.1;
-            query.split('&').find_map(|kv| kv.strip_prefix("updated_after=")?.parse().ok())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_since_rereads_everything_updated_after_the_given_time() {
     let app = TestApp::spawn(60).await;
@@ -38,14 +27,14 @@ async fn sync_since_rereads_everything_updated_after_the_given_time() {
     let before = app.sim.requests().len();
     let out = child::devin_etl(&["sync", "--since", &since_text], child_env(&app)).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let asked = updated_after_since(&app, before);
+    let asked = common::updated_after_since(&app.sim, before);
     assert!(!asked.is_empty() && asked.iter().all(|&t| t == since), "asked from --since: {asked:?} (since {since})");
 
     // Unix seconds work too; anything else is refused naming both forms.
     let before = app.sim.requests().len();
     let out = child::devin_etl(&["sync", "--since", &since.to_string()], child_env(&app)).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(updated_after_since(&app, before).iter().all(|&t| t == since));
+    assert!(common::updated_after_since(&app.sim, before).iter().all(|&t| t == since));
     let out = child::devin_etl(&["sync", "--since", "last tuesday"], child_env(&app)).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

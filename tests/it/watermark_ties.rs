@@ -42,13 +42,7 @@ async fn changes_in_the_watermark_second(app: &TestApp) -> (i64, Vec<String>, Ve
     );
     let before = app.sim.requests().len();
     app.syncer.run_once(Mode::Incremental).await.unwrap();
-    let updated_after: Vec<i64> = app.sim.requests()[before..]
-        .iter()
-        .filter_map(|r| {
-            let query = r.path_and_query.split_once('?')?.1;
-            query.split('&').find_map(|kv| kv.strip_prefix("updated_after=")?.parse().ok())
-        })
-        .collect();
+    let updated_after = common::updated_after_since(&app.sim, before);
     (watermark, changed, updated_after)
 }
 

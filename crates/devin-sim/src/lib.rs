@@ -139,6 +139,21 @@ pub struct RequestRecord {
     pub fault: Option<String>,
 }
 
+impl RequestRecord {
+    /// The integer query parameter `name` of the request (the first, if repeated), e.g. `updated_after`.
+    pub fn int_param(&self, name: &str) -> Option<i64> {
+        let query = self.path_and_query.split_once('?')?.1;
+        query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    }
+
+    /// The backfill window the request asked for, keyed as `sync_backfill_windows` keys it (an open end is
+    /// `i64::MIN` / `i64::MAX`); `None` without `created_after`/`created_before`.
+    pub fn window(&self) -> Option<(i64, i64)> {
+        let (after, before) = (self.int_param("created_after"), self.int_param("created_before"));
+        (after.is_some() || before.is_some()).then(|| (after.unwrap_or(i64::MIN), before.unwrap_or(i64::MAX)))
+    }
+}
+
 /// Sort key of the index: ascending `(created_at, session_id)`; the API order is its reverse.
 type Key = (i64, String);
 

@@ -414,6 +414,11 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
     }
 }
 
+/// `updated_after` of each list request the simulator answered since its request number `from`.
+pub fn updated_after_since(sim: &Simulator, from: usize) -> Vec<i64> {
+    sim.requests()[from..].iter().filter_map(|r| r.int_param("updated_after")).collect()
+}
+
 /// As [`wait_until`], for a condition that has to await (a query).
 pub async fn eventually(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
