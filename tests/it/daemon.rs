@@ -140,10 +140,7 @@ async fn sigterm_during_a_slow_page_exits_zero_with_no_partial_page() {
     let mut child = log
         .spawn(child::devin_etl(&["run", "--backfill"], child_env(&app)).env("DEVIN_ETL__SYNC__SHUTDOWN_GRACE", "20s"));
     let pool = app.store().pool().clone();
-    common::eventually("some pages are committed", Duration::from_secs(60), async || {
-        sqlx::query_scalar::<_, i64>("select count(*) from sessions").fetch_one(&pool).await.unwrap_or(0) > 0
-    })
-    .await;
+    common::wait_for_committed_sessions(app.store()).await;
     child::signal(&child, "TERM");
     let status =
         tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits within the grace").unwrap();

@@ -74,10 +74,6 @@ fn item() -> (String, Value) {
     (session.session_id.clone(), serde_json::to_value(&session).unwrap())
 }
 
-async fn sessions(syncer: &Syncer) -> i64 {
-    sqlx::query_scalar("select count(*) from sessions").fetch_one(syncer.store().pool()).await.unwrap()
-}
-
 #[tokio::test]
 async fn a_page_that_claims_more_without_a_cursor_fails_the_run_and_stores_nothing_of_it() {
     let (_, valid) = item();
@@ -95,7 +91,7 @@ async fn a_page_that_claims_more_without_a_cursor_fails_the_run_and_stores_nothi
     let message = format!("{error:#}");
     assert!(message.contains("has_next_page is true but end_cursor is missing"), "{message}");
     assert!(message.contains("/v3/enterprise/sessions/insights?first=50"), "names the request: {message}");
-    assert_eq!(sessions(&syncer).await, 0, "nothing of the page is stored");
+    assert_eq!(common::session_count(syncer.store()).await, 0, "nothing of the page is stored");
     assert_eq!(syncer.store().watermark("devin").await.unwrap(), None);
 }
 

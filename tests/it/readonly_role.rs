@@ -5,7 +5,6 @@
 use crate::common;
 
 use std::str::FromStr as _;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::TestApp;
 use devin_etl::store::error::sqlstate;
@@ -25,13 +24,7 @@ fn quote(name: &str) -> String {
 
 impl TestRole {
     async fn create(prefix: &str, database_url: &str) -> TestRole {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{prefix}_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            chrono::Utc::now().timestamp_subsec_nanos()
-        );
+        let name = common::unique_name(prefix);
         let mut admin = PgConnection::connect(&common::admin_url()).await.unwrap();
         sqlx::raw_sql(&format!("create role {} login", quote(&name))).execute(&mut admin).await.unwrap();
         admin.close().await.ok();

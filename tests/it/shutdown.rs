@@ -9,14 +9,6 @@ use common::TestApp;
 use common::child::{self, ChildLog, child_env};
 use devin_sim::Fault;
 
-async fn sessions(app: &TestApp) -> i64 {
-    sqlx::query_scalar("select count(*) from sessions").fetch_one(app.store().pool()).await.unwrap()
-}
-
-async fn wait_for_committed_pages(app: &TestApp) {
-    common::eventually("some pages are committed", Duration::from_secs(60), async || sessions(app).await > 0).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sigint_stops_sync_after_the_batch_in_flight_and_the_rerun_completes() {
     const PAGE: Duration = Duration::from_millis(700);
@@ -24,7 +16,7 @@ async fn one_sigint_stops_sync_after_the_batch_in_flight_and_the_rerun_completes
     app.sim.inject(6, Fault::Slow(PAGE), 1_000);
     let log = ChildLog::new(&format!("{}-one-sigint", app.db.name));
     let mut process = log.spawn(&mut child::devin_etl(&["sync", "--backfill"], child_env(&app)));
-    wait_for_committed_pages(&app).await;
+    common::wait_for_committed_sessions(app.store()).await;
     let signalled = Instant::now();
     child::signal(&process, "INT");
     let status = tokio::time::timeout(Duration::from_secs(30), process.wait()).await.expect("it stops").unwrap();
@@ -42,7 +34,7 @@ async fn one_sigint_stops_sync_after_the_batch_in_flight_and_the_rerun_completes
             .unwrap();
     assert_eq!((mode.as_str(), run_status.as_str()), ("backfill", "aborted"));
     common::assert_present_sessions_complete(app.store(), &app.sim.sessions()).await;
-    assert!(sessions(&app).await < 300, "it stopped before the end");
+    assert!(common::session_count(app.store()).await < 300, "it stopped before the end");
     assert_eq!(app.watermark().await, None);
 
     app.sim.clear_faults();
@@ -60,7 +52,7 @@ async fn run_abandons_a_run_that_outlives_the_shutdown_grace_and_exits_cleanly()
     let log = ChildLog::new(&format!("{}-grace", app.db.name));
     let mut process = log
         .spawn(child::devin_etl(&["run", "--backfill"], child_env(&app)).env("DEVIN_ETL__SYNC__SHUTDOWN_GRACE", "1s"));
-    wait_for_committed_pages(&app).await;
+    common::wait_for_committed_sessions(app.store()).await;
     // Let the hanging requests begin.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();

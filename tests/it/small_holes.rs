@@ -174,12 +174,7 @@ async fn a_second_sigint_stops_sync_at_once_and_a_rerun_completes() {
     let mut child = log.spawn(
         child::devin_etl(&["sync", "--backfill"], child_env(&app)).env("DEVIN_ETL__SYNC__SHUTDOWN_GRACE", "60s"),
     );
-    let pool = app.store().pool().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("select count(*) from sessions").fetch_one(&pool).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "no page was committed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_committed_sessions(app.store()).await;
 
     child::signal(&child, "INT");
     log.wait_for("SIGINT received", Duration::from_secs(10)).await;

@@ -133,9 +133,7 @@ async fn serialization_failures_that_persist_fail_the_run_after_four_attempts() 
     let error = app.syncer.run_once(Mode::Backfill).await.expect_err("gives up");
     assert!(format!("{error:#}").contains("injected serialization failure"), "{error:#}");
     assert_eq!(write_attempts(&app).await, 4, "one batch, four attempts in all (store::error's retry contract)");
-    let sessions: i64 =
-        sqlx::query_scalar("select count(*) from sessions").fetch_one(app.store().pool()).await.unwrap();
-    assert_eq!(sessions, 0);
+    assert_eq!(common::session_count(app.store()).await, 0);
     assert_eq!(app.watermark().await, None);
 }
 
@@ -175,7 +173,7 @@ async fn status_and_status_json_show_the_watermark_the_backfill_the_runs_and_the
 
 #[tokio::test]
 async fn a_token_file_that_is_missing_or_empty_fails_at_start_naming_the_key() {
-    let dir = std::env::temp_dir().join(format!("devin-etl-token-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(common::unique_name("devin-etl-token"));
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty");
     std::fs::write(&empty, "").unwrap();

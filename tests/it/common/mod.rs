@@ -33,15 +33,30 @@ pub struct TestDb {
     pub url: String,
 }
 
+/// `{prefix}_{pid}_{n}_{nanos}`: a name no other test, run or process uses (databases, roles, files).
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        chrono::Utc::now().timestamp_subsec_nanos()
+    )
+}
+
+/// Rows of `sessions`.
+pub async fn session_count(store: &Store) -> i64 {
+    sqlx::query_scalar("select count(*) from sessions").fetch_one(store.pool()).await.unwrap()
+}
+
+/// Waits (up to 60 s) until a run has committed some sessions: a point inside the run for a signal or a kill.
+pub async fn wait_for_committed_sessions(store: &Store) {
+    eventually("some pages are committed", Duration::from_secs(60), async || session_count(store).await > 0).await;
+}
+
 impl TestDb {
     pub async fn create() -> TestDb {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "devin_etl_test_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            chrono::Utc::now().timestamp_subsec_nanos()
-        );
+        let name = unique_name("devin_etl_test");
         let admin = admin_url();
         let mut conn =
             sqlx::PgConnection::connect(&admin).await.expect("test PostgreSQL must be reachable (see README)");
