@@ -327,11 +327,8 @@ async fn copy_new_sessions(
     stats: &mut WriteStats,
 ) -> anyhow::Result<()> {
     for payload in batch.copy_payloads() {
-        let n = if payload.rows == 0 {
-            0
-        } else {
-            copy_in(tx, &payload.statement(""), payload.table, &payload.text).await?
-        };
+        // An empty table's payload is empty, which `copy_in` skips.
+        let n = copy_in(tx, &payload.statement(""), payload.table, &payload.text).await?;
         stats.rows.insert(payload.table, n);
     }
     stats.sessions_written = stats.rows.get("sessions").copied().unwrap_or_default();

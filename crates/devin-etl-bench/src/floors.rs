@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use devin_etl::api::{ApiClient, ListQuery};
 use devin_etl::settings::Settings;
-use devin_etl::store::{Batch, copy_in};
+use devin_etl::store::{Batch, CopyPayload, copy_in};
 use devin_etl::sync::normalize::{self, DecodedItem};
 
 use crate::measure::{Meter, Phase};
@@ -83,7 +83,7 @@ pub(crate) async fn create_floor_tables(
 ) -> anyhow::Result<()> {
     let mut sql = format!("drop schema if exists {FLOOR_SCHEMA} cascade; create schema {FLOOR_SCHEMA};\n");
     for table in &rows.tables {
-        let name = table.name;
+        let name = table.table;
         writeln!(sql, "create table {FLOOR_SCHEMA}.{name} (like {schema}.{name} including all);")?;
         if foreign_keys && name != "sessions" {
             writeln!(
@@ -110,17 +110,17 @@ pub(crate) async fn copy_floor(
     let mut total = 0;
     for data in &rows.tables {
         let started = Instant::now();
-        let statement = format!("copy {FLOOR_SCHEMA}.{} ({}) from stdin", data.name, data.columns.join(", "));
+        let statement = data.statement(&format!("{FLOOR_SCHEMA}."));
         let parts = split_rows(&data.text, conns.len());
         // The loader's own COPY path, each part on its own connection.
-        let copies = conns.iter_mut().zip(parts).map(|(conn, part)| copy_in(conn, &statement, data.name, part));
+        let copies = conns.iter_mut().zip(parts).map(|(conn, part)| copy_in(conn, &statement, data.table, part));
         let copied: u64 = futures_util::future::try_join_all(copies)
             .await
-            .with_context(|| format!("the COPY floor, into {FLOOR_SCHEMA}.{}", data.name))?
+            .with_context(|| format!("the COPY floor, into {FLOOR_SCHEMA}.{}", data.table))?
             .into_iter()
             .sum();
         total += copied;
-        by_table.push((data.name, copied, started.elapsed()));
+        by_table.push((data.table, copied, started.elapsed()));
     }
     let measured = meter.stop(admin).await?;
     let phase = Phase {
@@ -155,25 +155,17 @@ pub(crate) fn split_rows(text: &[u8], n: usize) -> Vec<&[u8]> {
 // ---------------------------------------------------------------------------------------------------------------
 // COPY text of the normalized rows: exactly what the loader's COPY path sends (`Batch::copy_payloads`).
 
-/// One table's rows as COPY text, and the columns they follow.
-#[derive(Debug)]
-pub(crate) struct CopyText {
-    pub(crate) name: &'static str,
-    pub(crate) columns: Vec<&'static str>,
-    pub(crate) text: Vec<u8>,
-    pub(crate) rows: u64,
-}
-
 /// The normalized rows of every session, as COPY text per table (`sessions` first).
 #[derive(Debug, Default)]
 pub(crate) struct FloorRows {
-    pub(crate) tables: Vec<CopyText>,
+    /// The loader's own payloads (`Batch::copy_payloads`), one per table, each page's appended.
+    pub(crate) tables: Vec<CopyPayload>,
     pub(crate) sessions: u64,
 }
 
 impl FloorRows {
     pub(crate) fn total_rows(&self) -> u64 {
-        self.tables.iter().map(|t| t.rows).sum()
+        self.tables.iter().map(|t| t.rows as u64).sum()
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -188,11 +180,13 @@ impl FloorRows {
         }
         self.sessions += batch.sessions() as u64;
         for (i, payload) in batch.copy_payloads().into_iter().enumerate() {
-            if self.tables.len() == i {
-                self.tables.push(CopyText { name: payload.table, columns: payload.columns, text: Vec::new(), rows: 0 });
+            match self.tables.get_mut(i) {
+                Some(table) => {
+                    table.text.extend_from_slice(&payload.text);
+                    table.rows += payload.rows;
+                }
+                None => self.tables.push(payload),
             }
-            self.tables[i].text.extend_from_slice(&payload.text);
-            self.tables[i].rows += payload.rows as u64;
         }
     }
 }

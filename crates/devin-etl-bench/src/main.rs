@@ -163,7 +163,7 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         }
         phases.push(phase);
         copy_by_table = by_table;
-        for (table, copied) in rows.tables.iter().map(|t| (t.name, t.rows)) {
+        for (table, copied) in rows.tables.iter().map(|t| (t.table, t.rows as u64)) {
             let in_warehouse = warehouse_counts.iter().find(|(t, _)| *t == table).map_or(0, |(_, n)| *n);
             if copied != in_warehouse as u64 {
                 floor_notes.push(format!(
