@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::settings::Settings;
 use crate::sync::Job;
 use crate::{app, commands};
 
@@ -91,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => commands::migrate::run(&settings).await,
         Command::Run { backfill } => commands::service::run(settings, backfill).await,
         Command::Sync { backfill, reconcile, since, source } => {
-            let settings = commands::sync::with_source(settings, source)?;
+            let settings = with_source(settings, source)?;
             let job = match (backfill, reconcile) {
                 (true, _) => Job::Backfill,
                 (_, true) => Job::Reconcile,
@@ -99,9 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::sync::run(settings, job).await
         }
-        Command::Status { json, source } => {
-            commands::status::run(&commands::sync::with_source(settings, source)?, json).await
-        }
+        Command::Status { json, source } => commands::status::run(&with_source(settings, source)?, json).await,
         Command::Simulate { port, sessions, seed, host } => commands::simulate::run(host, port, sessions, seed).await,
         Command::Demo { sessions, allow_any_database } => {
             commands::demo::run(settings, sessions, allow_any_database).await
@@ -112,4 +111,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
              `cargo run --release -p devin-etl-bench -- [ARGS]` (same arguments as before; see docs/performance.md)"
         ),
     }
+}
+
+/// `settings` with `--source NAME`, when given, as `sync.source`.
+fn with_source(mut settings: Settings, source: Option<String>) -> anyhow::Result<Settings> {
+    if let Some(source) = source {
+        if source.trim().is_empty() || source.len() > 100 {
+            anyhow::bail!("--source must be a non-empty name of at most 100 characters");
+        }
+        settings.sync.source = source;
+    }
+    Ok(settings)
 }

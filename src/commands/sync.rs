@@ -14,17 +14,6 @@ pub async fn run(settings: Settings, job: Job) -> anyhow::Result<()> {
     syncer.run_job(job).await.map(drop)
 }
 
-/// `settings` with `--source NAME`, when given, as `sync.source`.
-pub fn with_source(mut settings: Settings, source: Option<String>) -> anyhow::Result<Settings> {
-    if let Some(source) = source {
-        if source.trim().is_empty() || source.len() > 100 {
-            anyhow::bail!("--source must be a non-empty name of at most 100 characters");
-        }
-        settings.sync.source = source;
-    }
-    Ok(settings)
-}
-
 /// `--since`: RFC 3339 or Unix seconds.
 pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     if let Ok(secs) = text.parse::<i64>() {
