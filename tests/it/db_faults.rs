@@ -481,7 +481,8 @@ async fn one_response_with_a_clock_an_hour_behind_moves_the_watermark_back_and_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_taking_over_waits_until_the_old_runs_open_transaction_has_ended() {
     let db = TestDb::create().await;
-    let world = World::new(&db.url, 100, |_| {}).await;
+    // Thirty pages: the write caught below is never the run's last, so the old run has more to write after it.
+    let world = World::new(&db.url, 300, |_| {}).await;
     // Test instrumentation: each write into sessions takes a second, so the old run's transaction is caught open.
     sqlx::raw_sql(
         "create function public.slow_write() returns trigger language plpgsql as
@@ -492,9 +493,10 @@ async fn a_run_taking_over_waits_until_the_old_runs_open_transaction_has_ended()
     .execute(world.store().pool())
     .await
     .unwrap();
+    // Connected before the run starts, so the watch below begins with the run's first write.
+    let mut admin = sqlx::PgConnection::connect(&common::admin_url()).await.unwrap();
     let syncer = world.syncer.clone();
     let old = tokio::spawn(async move { syncer.run_once(Mode::Incremental).await });
-    let mut admin = sqlx::PgConnection::connect(&common::admin_url()).await.unwrap();
     // The old run's write transaction, open (past its fence check) and sleeping in the trigger.
     let (writer, xact_start): (i32, chrono::DateTime<chrono::Utc>) = loop {
         let open: Option<(i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
