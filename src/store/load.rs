@@ -2,7 +2,8 @@
 //! backfill window). When the warehouse holds none of the batch's sessions, every table's rows are COPYed
 //! (`copy_new_sessions`); otherwise the sessions are merged by one `insert … select … from unnest($1, $2, …)`
 //! statement with every column bound as an array (`MERGE_SESSIONS`), and the child rows of the sessions it
-//! wrote are replaced. Every statement is derived from the catalogue (`catalogue.rs`).
+//! wrote are replaced. Every statement is derived from the catalogue (`catalogue.rs`). The sessions' new versions
+//! are then recorded in the history tables (`history.rs`), in the same transaction.
 //!
 //! Merge rules: a session is written when it is new, when its `updated_at` is newer, or when it is as new but
 //! its content differs (late analysis does not bump `updated_at`) or it was soft-deleted. An older copy never
@@ -21,6 +22,7 @@ use super::catalogue::{ColumnDef, Table, TableDef};
 use super::checkpoint::{Checkpoint, WriteStats};
 use super::columns::{Column, ColumnBuffer};
 use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
+use super::history;
 use super::rows::Batch;
 use super::state;
 
@@ -267,6 +269,11 @@ async fn write_in(
             }
         }
     }
+    // History after every table of the batch is written: it compares the warehouse's new state with the latest
+    // versions.
+    let history = history::record(tx, source, batch).await?;
+    stats.rows.insert("session_history", history.sessions);
+    stats.rows.insert("session_pull_request_history", history.pull_requests);
     for checkpoint in checkpoints {
         state::apply_checkpoint(tx, checkpoint).await?;
     }

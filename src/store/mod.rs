@@ -9,6 +9,7 @@ mod columns;
 pub mod error;
 mod grants;
 pub mod health;
+mod history;
 mod keepalive;
 mod load;
 mod lock;

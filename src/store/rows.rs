@@ -107,11 +107,14 @@ pub struct PromptFeedbackRow<'a> {
 pub struct Batch {
     /// One buffer per table, indexed by [`Table::index`].
     buffers: [ColumnBuffer; Table::ALL.len()],
+    /// The API server time (HTTP `Date`, Unix seconds) of the earliest page in the batch: when a change that did
+    /// not bump `updated_at` (late analysis) was observed, for the session history. `None`: the database's time.
+    pub observed_at: Option<i64>,
 }
 
 impl Default for Batch {
     fn default() -> Batch {
-        Batch { buffers: Table::ALL.map(|table| ColumnBuffer::new(table.def())) }
+        Batch { buffers: Table::ALL.map(|table| ColumnBuffer::new(table.def())), observed_at: None }
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::Store;
+use super::{Store, history};
 use super::checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
 
 pub(super) async fn apply_checkpoint(
@@ -327,17 +327,23 @@ impl Store {
                 max_fraction * 100.0
             );
         }
-        let marked = sqlx::query(
-            "update sessions s set deleted_at = now()
-             where s.deleted_at is null and s.source = $2 and not exists (
-                 select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id)",
-        )
+        // A deleted session's current history rows close when it is marked deleted.
+        let marked: i64 = sqlx::query_scalar(&format!(
+            "with marked as (
+                 update sessions s set deleted_at = now()
+                 where s.deleted_at is null and s.source = $2 and not exists (
+                     select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id)
+                 returning s.session_id, s.deleted_at
+             ), {}
+             select count(*) from marked",
+            history::CLOSE_DELETED
+        ))
         .bind(run_id)
         .bind(source)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
-        .context("marking sessions deleted")?
-        .rows_affected();
+        .context("marking sessions deleted")?;
+        let marked = marked as u64;
         sqlx::query("delete from sync_reconcile_seen where run_id = $1").bind(run_id).execute(&mut *tx).await?;
         tx.commit().await.context("committing the reconcile's deletes")?;
         Ok(marked)

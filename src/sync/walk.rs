@@ -125,11 +125,12 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         stats.waiting += lap(&mut clock);
         let mut pending_error = None;
         let mut items = Vec::new();
-        let mut last = take_page(first?, &plan.query, &mut stats, &mut items)?;
+        let mut observed_at = None;
+        let mut last = take_page(first?, &plan.query, &mut stats, &mut items, &mut observed_at)?;
         // Merge pages that are already waiting; a batch commits them together.
         while !last && items.iter().map(|i| i.raw.len()).sum::<usize>() < MAX_BATCH_BYTES {
             match receiver.try_recv() {
-                Ok(Ok(page)) => last = take_page(page, &plan.query, &mut stats, &mut items)?,
+                Ok(Ok(page)) => last = take_page(page, &plan.query, &mut stats, &mut items, &mut observed_at)?,
                 Ok(Err(e)) => {
                     pending_error = Some(e);
                     break;
@@ -139,6 +140,7 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         }
         stats.duplicates += normalize::dedupe(&mut items) as u64;
         let mut batch = Batch::new();
+        batch.observed_at = observed_at;
         for item in &items {
             normalize::stage(&mut batch, syncer.source(), item);
         }
@@ -190,13 +192,19 @@ fn lap(clock: &mut Instant) -> Duration {
     elapsed
 }
 
-/// Decodes a page into `items`; returns whether it was the walk's last.
+/// Decodes a page into `items`, keeping in `observed_at` the earliest server time of the batch's pages; returns
+/// whether it was the walk's last.
 fn take_page(
     page: Page,
     query: &ListQuery,
     stats: &mut WalkStats,
     items: &mut Vec<DecodedItem>,
+    observed_at: &mut Option<i64>,
 ) -> anyhow::Result<bool> {
+    *observed_at = match (*observed_at, page.server_time) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     stats.pages += 1;
     if stats.pages == 1 {
         stats.server_time = page.server_time;

@@ -1,0 +1,192 @@
+//! Session history (`session_history`, `session_pull_request_history`): every distinct observed version of a
+//! session's tracked attributes and of its pull requests' states, written in the transaction that writes the
+//! sessions, after them.
+//!
+//! Each statement compares the warehouse's current state of the batch's sessions with their latest history rows
+//! and writes only differences, so re-reading an unchanged session adds nothing. Every session of the batch is
+//! compared, not only those the merge wrote: a version an older release wrote without history is caught up at the
+//! next read.
+//!
+//! When a version starts (`valid_from`): the session's `updated_at` when it is newer than the latest version;
+//! otherwise (analysis or category arriving without an `updated_at` bump) the API server time at which the batch
+//! was observed. A new version always starts after the previous one (nudged by a microsecond if a clock says
+//! otherwise) and never before a deletion closed it, so a session's rows never overlap and consecutive ones meet
+//! exactly.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::{Postgres, Transaction};
+
+use super::Store;
+use super::catalogue::Table;
+use super::rows::Batch;
+
+/// The tracked attributes of a session version, in `session_history`'s column order.
+const TRACKED: &str = "status, status_detail, acus_consumed, category, has_analysis, is_archived";
+
+/// When the batch was observed: the API's time, but never more than this ahead of the database's — one node with
+/// a clock far ahead must not date a version in the future, where every later version would have to follow it.
+const MAX_OBSERVED_AHEAD: &str = "interval '5 minutes'";
+
+/// `$1` session ids, `$2` source, `$3` observed server time (Unix seconds, or null).
+fn observed_cte() -> String {
+    format!("observed as (select least(coalesce(to_timestamp($3), now()), now() + {MAX_OBSERVED_AHEAD}) as at)")
+}
+
+/// `valid_from` of a new version of a key whose latest row is `l` (null if none), for a session updated at
+/// `updated_at`.
+fn new_version_start(l: &str, updated_at: &str) -> String {
+    format!(
+        "case when {l}.valid_from is null then {updated_at}
+              else greatest(case when {updated_at} > {l}.valid_from then {updated_at} else o.at end,
+                            {l}.valid_from + interval '1 microsecond', {l}.valid_to)
+         end"
+    )
+}
+
+static SESSION_HISTORY: LazyLock<String> = LazyLock::new(|| {
+    let cur_cols = TRACKED.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+    let last_cols = TRACKED.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "with {observed},
+         cur as (
+             select session_id, updated_at, {TRACKED} from sessions
+             where session_id = any($1) and source = $2 and deleted_at is null
+         ),
+         last as (
+             select distinct on (session_id) * from session_history
+             where session_id in (select session_id from cur)
+             order by session_id, valid_from desc
+         ),
+         changed as (
+             select c.*, l.valid_from as last_from, (l.valid_from is not null and l.valid_to is null) as last_open,
+                    {start} as at
+             from cur c cross join observed o left join last l using (session_id)
+             where l.valid_from is null or l.valid_to is not null or ({cur_cols}) is distinct from ({last_cols})
+         ),
+         closed as (
+             update session_history h set valid_to = c.at
+             from changed c
+             where c.last_open and h.session_id = c.session_id and h.valid_from = c.last_from
+         )
+         insert into session_history (session_id, valid_from, {TRACKED})
+         select session_id, at, {TRACKED} from changed",
+        observed = observed_cte(),
+        start = new_version_start("l", "c.updated_at"),
+    )
+});
+
+static PULL_REQUEST_HISTORY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {observed},
+         live as (
+             select session_id, updated_at from sessions
+             where session_id = any($1) and source = $2 and deleted_at is null
+         ),
+         cur as (
+             select p.session_id, p.pr_url, p.pr_state from session_pull_requests p join live using (session_id)
+         ),
+         last as (
+             select distinct on (session_id, pr_url) * from session_pull_request_history
+             where session_id in (select session_id from live)
+             order by session_id, pr_url, valid_from desc
+         ),
+         changed as (
+             select coalesce(c.session_id, l.session_id) as session_id, coalesce(c.pr_url, l.pr_url) as pr_url,
+                    c.session_id is not null as present, c.pr_state,
+                    l.valid_from as last_from, (l.valid_from is not null and l.valid_to is null) as last_open,
+                    {start} as at
+             from cur c
+             full join last l on l.session_id = c.session_id and l.pr_url = c.pr_url
+             join live s on s.session_id = coalesce(c.session_id, l.session_id)
+             cross join observed o
+             where (c.session_id is not null
+                    and (l.valid_from is null or l.valid_to is not null or c.pr_state is distinct from l.pr_state))
+                or (c.session_id is null and l.valid_to is null)
+         ),
+         closed as (
+             update session_pull_request_history h set valid_to = c.at
+             from changed c
+             where c.last_open and h.session_id = c.session_id and h.pr_url = c.pr_url and h.valid_from = c.last_from
+         )
+         insert into session_pull_request_history (session_id, pr_url, valid_from, pr_state)
+         select session_id, pr_url, at, pr_state from changed where present",
+        observed = observed_cte(),
+        start = new_version_start("l", "s.updated_at"),
+    )
+});
+
+/// Rows the history statements wrote (new versions; closed ones are not counted).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWrites {
+    pub sessions: u64,
+    pub pull_requests: u64,
+}
+
+/// Records the new versions of the batch's sessions of `source`, after the batch's rows were written.
+pub(super) async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &str,
+    batch: &Batch,
+) -> anyhow::Result<HistoryWrites> {
+    let ids = batch.buffer(Table::Sessions).text_column("session_id");
+    let mut writes = HistoryWrites::default();
+    if ids.is_empty() {
+        return Ok(writes);
+    }
+    writes.sessions = sqlx::query(SESSION_HISTORY.as_str())
+        .bind(ids)
+        .bind(source)
+        .bind(batch.observed_at)
+        .execute(&mut **tx)
+        .await
+        .context("recording session history")?
+        .rows_affected();
+    writes.pull_requests = sqlx::query(PULL_REQUEST_HISTORY.as_str())
+        .bind(ids)
+        .bind(source)
+        .bind(batch.observed_at)
+        .execute(&mut **tx)
+        .await
+        .context("recording pull request history")?
+        .rows_affected();
+    Ok(writes)
+}
+
+/// Closes the current history rows of the sessions of `source` just marked deleted (`marked` CTE: `session_id`,
+/// `deleted_at`): the SQL a reconcile appends to its marking statement.
+pub(super) const CLOSE_DELETED: &str = "
+    closed_sessions as (
+        update session_history h set valid_to = greatest(h.valid_from, m.deleted_at)
+        from marked m where h.session_id = m.session_id and h.valid_to is null
+    ),
+    closed_prs as (
+        update session_pull_request_history h set valid_to = greatest(h.valid_from, m.deleted_at)
+        from marked m where h.session_id = m.session_id and h.valid_to is null
+    )";
+
+impl Store {
+    /// Deletes history rows that ended more than `retention` ago (current versions are never pruned); returns how
+    /// many rows of both tables went.
+    pub async fn prune_history(&self, retention: Duration) -> anyhow::Result<u64> {
+        self.bounded("pruning history", async {
+            let mut tx = self.begin().await?;
+            let mut pruned = 0;
+            for table in ["session_history", "session_pull_request_history"] {
+                pruned += sqlx::query(&format!(
+                    "delete from {table} where valid_to is not null and valid_to < now() - make_interval(secs => $1)"
+                ))
+                .bind(retention.as_secs_f64())
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("pruning {table}"))?
+                .rows_affected();
+            }
+            tx.commit().await.context("committing the pruned history")?;
+            anyhow::Ok(pruned)
+        })
+        .await
+    }
+}
