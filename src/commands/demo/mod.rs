@@ -1,5 +1,6 @@
-//! `devin-etl demo`: the simulator in-process, a real backfill and incremental sync into a local database,
-//! and a short table of what happened.
+//! `devin-etl demo`: the simulator in-process, a real backfill, a simulated week of changes synced every few
+//! hours (so the history has something to show), and incremental syncs into a local database, with a short table
+//! of what happened.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,7 +39,9 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
     }
 
     let started = Instant::now();
-    let sim = Simulator::new(SimulatorConfig { sessions, ..SimulatorConfig::default() });
+    // The simulated API starts a week ago; the demo then lives through that week in seconds (see `live_a_week`).
+    let week_ago = chrono::Utc::now().timestamp() - DEMO_DAYS * DAY;
+    let sim = Simulator::new(SimulatorConfig { sessions, start_time: Some(week_ago), ..SimulatorConfig::default() });
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     println!(
         "simulator: {} sessions at {} (generated in {:.2} s)",
@@ -48,6 +51,8 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
     );
     settings.api.base_url = server.base_url().parse().context("simulator URL")?;
     settings.api.token = Some(SecretString::from(sim.token().to_owned()));
+    // The simulated clock runs a week in seconds, which the watermark's clock guard would take for a lying clock.
+    settings.sync.clock_tolerance = std::time::Duration::from_secs(2 * DEMO_DAYS as u64 * DAY as u64);
 
     let syncer = app::syncer(settings).await?.with_progress(super::progress_bar::for_stderr());
     if demo_database {
@@ -57,18 +62,49 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
     println!("database: {} (schema {})", store::redacted_target(&syncer.settings().database), syncer.store().schema());
 
     let backfill = syncer.run_once(Mode::Backfill).await?;
+    let week = live_a_week(&sim, &syncer, sessions).await?;
     sim.advance(60);
     let updated = sim.update_some((sessions / 100).max(1));
     let created = sim.create((sessions / 200).max(1));
     sim.advance(60);
     let incremental = syncer.run_once(Mode::Incremental).await?;
     let idle = syncer.run_once(Mode::Incremental).await?;
-    println!("changed in the API between runs: {} updated, {} created\n", updated.len(), created.len());
+    println!(
+        "a simulated week: {} syncs every {} hours, {} session changes and {} new sessions",
+        week.syncs, TICK_HOURS, week.updated, week.created
+    );
+    println!("changed in the API before the last runs: {} updated, {} created\n", updated.len(), created.len());
 
     print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)])
         .await?;
     server.shutdown().await;
     Ok(())
+}
+
+const DAY: i64 = 86_400;
+/// Days the demo lives through after its backfill, and the simulated time between its syncs.
+const DEMO_DAYS: i64 = 7;
+const TICK_HOURS: i64 = 6;
+
+struct Week {
+    syncs: usize,
+    updated: usize,
+    created: usize,
+}
+
+/// Lives through the week after the backfill: every `TICK_HOURS`, some sessions change (status, ACUs, PRs
+/// opened and merged) and some start, and a sync loads them — so the history tables and views have something to
+/// show.
+async fn live_a_week(sim: &Simulator, syncer: &Syncer, sessions: usize) -> anyhow::Result<Week> {
+    let mut week = Week { syncs: 0, updated: 0, created: 0 };
+    for _ in 0..DEMO_DAYS * 24 / TICK_HOURS {
+        sim.advance(TICK_HOURS * 3_600);
+        week.updated += sim.update_some((sessions / 200).max(1)).len();
+        week.created += sim.create((sessions / 800).max(1)).len();
+        syncer.sync(None).await?;
+        week.syncs += 1;
+    }
+    Ok(week)
 }
 
 /// Whether the configured database is the demo's own (`devin_etl_demo`, on whichever server).
