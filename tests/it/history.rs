@@ -44,6 +44,8 @@ impl Version {
 /// One `session_pull_request_history` row: (pr_url, valid_from, valid_to, pr_state).
 type PrVersion = (String, f64, Option<f64>, Option<String>);
 
+type PrRow = (String, String, f64, Option<f64>, Option<String>);
+
 type VersionRow = (String, f64, Option<f64>, String, Option<String>, f64, Option<String>, bool, bool);
 
 async fn history(pool: &PgPool) -> BTreeMap<String, Vec<Version>> {
@@ -72,7 +74,7 @@ async fn history(pool: &PgPool) -> BTreeMap<String, Vec<Version>> {
 }
 
 async fn pr_history(pool: &PgPool) -> BTreeMap<String, Vec<PrVersion>> {
-    let rows: Vec<(String, String, f64, Option<f64>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<PrRow> = sqlx::query_as(
         "select session_id, pr_url, extract(epoch from valid_from)::float8, extract(epoch from valid_to)::float8,
                 pr_state
          from session_pull_request_history order by session_id, pr_url, valid_from",
