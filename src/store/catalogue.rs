@@ -129,17 +129,30 @@ impl Table {
 /// The run bookkeeping tables that `status` and `demo` count after the session tables.
 const BOOKKEEPING: [&str; 2] = ["sync_state", "sync_runs"];
 
-/// The tables whose rows `status` and `demo` count: the session tables, then the bookkeeping.
-pub const COUNTED_TABLES: [&str; Table::ALL.len() + BOOKKEEPING.len()] = {
-    let mut names = [""; Table::ALL.len() + BOOKKEEPING.len()];
+/// The history tables (`history.rs`): written from the loaded tables, not staged.
+pub const HISTORY: [&str; 2] = ["session_history", "session_pull_request_history"];
+
+const COUNTED: usize = Table::ALL.len() + HISTORY.len() + BOOKKEEPING.len();
+
+/// The tables whose rows `status` and `demo` count: the session tables, their history, then the bookkeeping.
+pub const COUNTED_TABLES: [&str; COUNTED] = {
+    let mut names = [""; COUNTED];
     let mut i = 0;
     while i < Table::ALL.len() {
         names[i] = Table::ALL[i].name();
         i += 1;
     }
-    while i < names.len() {
-        names[i] = BOOKKEEPING[i - Table::ALL.len()];
+    let mut j = 0;
+    while j < HISTORY.len() {
+        names[i] = HISTORY[j];
         i += 1;
+        j += 1;
+    }
+    j = 0;
+    while j < BOOKKEEPING.len() {
+        names[i] = BOOKKEEPING[j];
+        i += 1;
+        j += 1;
     }
     names
 };
@@ -276,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn counted_tables_are_the_session_tables_then_the_bookkeeping() {
+    fn counted_tables_are_the_session_tables_their_history_then_the_bookkeeping() {
         assert_eq!(
             COUNTED_TABLES,
             [
@@ -289,6 +302,8 @@ mod tests {
                 "session_prompt_feedback",
                 "session_tags",
                 "session_children",
+                "session_history",
+                "session_pull_request_history",
                 "sync_state",
                 "sync_runs",
             ]

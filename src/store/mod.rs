@@ -195,10 +195,12 @@ impl Store {
         }
     }
 
-    /// Refreshes the planner's statistics of the session tables. After a bulk load, autovacuum may take a
-    /// minute to get there, and until then the first incremental run plans its child-row deletes as scans.
+    /// Refreshes the planner's statistics of the session tables and their history. After a bulk load, autovacuum
+    /// may take a minute to get there, and until then the first incremental run plans its child-row deletes as
+    /// scans.
     pub async fn analyze(&self) -> anyhow::Result<()> {
-        let tables = Table::ALL.map(Table::name).join(", ");
+        let tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).chain(catalogue::HISTORY).collect();
+        let tables = tables.join(", ");
         let sql = format!("analyze {tables}");
         self.bounded("analyzing the session tables", sqlx::raw_sql(&sql).execute(&self.pool))
             .await
@@ -206,7 +208,7 @@ impl Store {
         Ok(())
     }
 
-    /// Row counts of the session tables, then of `sync_state` and `sync_runs` ([`TABLES`]).
+    /// Row counts of the session tables, their history, then `sync_state` and `sync_runs` ([`TABLES`]).
     pub async fn table_counts(&self) -> anyhow::Result<Vec<(&'static str, i64)>> {
         let mut counts = Vec::new();
         for table in TABLES {
@@ -220,7 +222,7 @@ impl Store {
     }
 }
 
-/// The tables `status` and `demo` count: the session tables, then `sync_state` and `sync_runs`.
+/// The tables `status` and `demo` count: the session tables, their history, then `sync_state` and `sync_runs`.
 pub const TABLES: &[&str] = &catalogue::COUNTED_TABLES;
 
 /// `operation`'s result, or a [`DatabaseTimeout`] naming `key` once it has taken longer than `limit`.
