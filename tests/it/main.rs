@@ -11,6 +11,7 @@ mod daemon;
 mod db_faults;
 mod deploy_files;
 mod fuzz_decode;
+mod history_views;
 mod hostile_server;
 mod http_endpoints;
 mod migrations_rollback;
