@@ -852,7 +852,7 @@ fn split_args(args: &str) -> Vec<String> {
 }
 
 /// Expands the Grafana macros and dashboard variables used in the shipped dashboard to plain PostgreSQL.
-fn expand_grafana(sql: &str, orgs: &str) -> String {
+pub(crate) fn expand_grafana(sql: &str, orgs: &str) -> String {
     let mut out = String::new();
     let mut rest = sql;
     while let Some(at) = rest.find('$') {
@@ -902,7 +902,7 @@ fn expand_grafana(sql: &str, orgs: &str) -> String {
 }
 
 /// The bodies of the ```sql blocks of a Markdown file.
-fn sql_blocks(markdown: &str) -> Vec<String> {
+pub(crate) fn sql_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in markdown.lines() {
@@ -921,7 +921,7 @@ fn sql_blocks(markdown: &str) -> Vec<String> {
 }
 
 /// (panel title, format, rawSql) of every Postgres query in the dashboard, template variables included.
-fn dashboard_queries(dashboard: &Value) -> Vec<(String, String, String)> {
+pub(crate) fn dashboard_queries(dashboard: &Value) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     fn walk(v: &Value, title: &str, out: &mut Vec<(String, String, String)>) {
         match v {

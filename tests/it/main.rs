@@ -12,6 +12,7 @@ mod db_faults;
 mod deploy_files;
 mod fuzz_decode;
 mod history;
+mod history_views;
 mod hostile_server;
 mod http_endpoints;
 mod migrations_rollback;
