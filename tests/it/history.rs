@@ -353,6 +353,59 @@ async fn history_records_exactly_the_versions_observed_between_syncs() {
     }
     assert_history_consistent(&pool).await;
 
+    // The views answer from that history: a's time per status (the current period still open)...
+    let status_time: Vec<(String, Option<String>, i64, f64, bool)> = sqlx::query_as(
+        "select status, status_detail, periods, hours * 3600, is_current from v_session_status_time
+         where session_id = $1 order by first_started_at",
+    )
+    .bind(a)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status_time.len(), 3, "{status_time:?}");
+    let (running, waiting, exit) = (&status_time[0], &status_time[1], &status_time[2]);
+    assert_eq!((running.0.as_str(), running.1.as_deref(), running.2, running.4), ("running", None, 2, false));
+    assert!((running.3 - ((t1 - t0) + (t3 - t2)) as f64).abs() < 1e-6, "{running:?}");
+    assert_eq!((waiting.0.as_str(), waiting.1.as_deref(), waiting.2), ("suspended", Some("waiting_for_user"), 1));
+    assert!((waiting.3 - (t2 - t1) as f64).abs() < 1e-6, "{waiting:?}");
+    assert_eq!((exit.0.as_str(), exit.2, exit.4), ("exit", 1, true));
+
+    // ...its PR's lifecycle...
+    let (open_at, merged_at, hours_to_merge): (f64, f64, f64) = sqlx::query_as(
+        "select extract(epoch from first_open_at)::float8, extract(epoch from first_merged_at)::float8,
+                hours_to_merge
+         from v_pull_request_lifecycle where session_id = $1 and pr_url = $2",
+    )
+    .bind(a)
+    .bind(url(9))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((open_at, merged_at), (t2 as f64, t3 as f64));
+    assert!((hours_to_merge - (t3 - a_final.created_at) as f64 / 3600.0).abs() < 1e-9);
+
+    // ...and every live session's ACUs spread over its days add up to its acus_consumed, a's increments on the
+    // days they were burned.
+    let off: Vec<(String, f64, f64)> = sqlx::query_as(
+        "select s.session_id, s.acus_consumed, coalesce(sum(d.acus), 0) from sessions s
+         left join v_session_acus_daily d using (session_id)
+         where s.deleted_at is null group by s.session_id, s.acus_consumed
+         having abs(s.acus_consumed - coalesce(sum(d.acus), 0)) > 1e-9",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(off.is_empty(), "spread ACUs that do not add up: {off:?}");
+    let burned_since_t0: f64 = sqlx::query_scalar(
+        "select sum(acus) from v_session_acus_daily where session_id = $1 and day >= (to_timestamp($2) at time zone 'UTC')::date",
+    )
+    .bind(a)
+    .bind(t0 as f64)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(burned_since_t0 >= 8.0 - 1e-9, "the 8 ACUs burned after the first sync land on or after its day");
+
     // And re-reading it all once more adds nothing.
     app.sim.advance(60);
     app.syncer.sync(None).await.unwrap();
@@ -410,6 +463,7 @@ async fn upgrading_a_warehouse_without_history_starts_it_from_the_live_sessions(
     // Back to the schema of the release before history: its tables (and the views on them) and migrations gone.
     sqlx::raw_sql(
         "drop table session_history, session_pull_request_history cascade;
+         drop function pr_url_repo(text);
          delete from _sqlx_migrations where version >= 20261201000003",
     )
     .execute(&pool)
