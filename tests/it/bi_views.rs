@@ -7,7 +7,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
-use common::{TestApp, TestDb};
+use common::TestApp;
 use devin_etl::api::models::SessionInsights;
 use devin_etl::store::Store;
 use devin_etl::sync::Mode;
@@ -241,15 +241,6 @@ async fn insert(pool: &PgPool, sessions: &[Session]) {
     }
 }
 
-/// A migrated, empty warehouse of its own.
-async fn empty_warehouse() -> (TestDb, Store) {
-    let db = TestDb::create().await;
-    let settings = common::test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
-    let store = Store::connect(&settings.database, 4).await.unwrap();
-    store.migrate().await.unwrap();
-    (db, store)
-}
-
 /// A connection whose session time zone is far from UTC, to show that day and week buckets do not depend on it.
 async fn far_from_utc(store: &Store) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let mut conn = store.pool().acquire().await.unwrap();
@@ -267,7 +258,7 @@ fn assert_close(actual: f64, expected: f64, what: &str) {
 
 #[tokio::test]
 async fn v_sessions_has_one_friendly_row_per_live_session() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     insert(store.pool(), &dataset()).await;
     let mut conn = far_from_utc(&store).await;
 
@@ -325,7 +316,7 @@ async fn v_sessions_has_one_friendly_row_per_live_session() {
 
 #[tokio::test]
 async fn v_daily_usage_sums_live_sessions_per_utc_day_org_origin_and_category() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     insert(store.pool(), &dataset()).await;
     let mut conn = far_from_utc(&store).await;
 
@@ -358,7 +349,7 @@ async fn v_daily_usage_sums_live_sessions_per_utc_day_org_origin_and_category() 
 
 #[tokio::test]
 async fn v_pull_request_outcomes_counts_states_per_iso_week_org_and_repo() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     insert(store.pool(), &dataset()).await;
     let mut conn = far_from_utc(&store).await;
 
@@ -390,7 +381,7 @@ async fn v_pull_request_outcomes_counts_states_per_iso_week_org_and_repo() {
 
 #[tokio::test]
 async fn v_analysis_issues_counts_issues_and_the_share_of_analysed_sessions_affected() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     insert(store.pool(), &dataset()).await;
 
     let rows: Vec<(String, String, String, i64, i64, i64, f64)> = sqlx::query_as(
@@ -444,7 +435,7 @@ async fn v_analysis_issues_counts_issues_and_the_share_of_analysed_sessions_affe
 
 #[tokio::test]
 async fn v_action_items_counts_per_week_org_and_type_and_the_latest_link_their_session() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     insert(store.pool(), &dataset()).await;
     let mut conn = far_from_utc(&store).await;
 
@@ -499,7 +490,7 @@ async fn v_action_items_counts_per_week_org_and_type_and_the_latest_link_their_s
 
 #[tokio::test]
 async fn v_sync_health_reports_watermark_lag_last_run_and_the_last_24_hours_per_source() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     let pool = store.pool();
     sqlx::raw_sql(
         "insert into sync_state (source, watermark) values ('devin', extract(epoch from now())::bigint - 120);
@@ -564,7 +555,7 @@ async fn v_sync_health_reports_watermark_lag_last_run_and_the_last_24_hours_per_
 
 #[tokio::test]
 async fn every_view_and_column_is_documented() {
-    let (_db, store) = empty_warehouse().await;
+    let (_db, store) = common::migrated_warehouse().await;
     let undocumented: Vec<(String, Option<String>)> = sqlx::query_as(
         "select c.relname::text, a.attname::text
          from pg_class c

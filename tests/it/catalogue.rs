@@ -7,17 +7,8 @@ use crate::common;
 
 use std::collections::BTreeMap;
 
-use common::TestDb;
 use devin_etl::store::catalogue::Table;
 use devin_etl::store::{Store, TABLES};
-
-/// A migrated, empty warehouse of its own.
-async fn migrated_store() -> (TestDb, Store) {
-    let db = TestDb::create().await;
-    let settings = common::test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
-    let store = devin_etl::app::migrated_store(&settings).await.unwrap();
-    (db, store)
-}
 
 /// `table`'s columns in the database with their types as `information_schema` spells them (`text[]` for an
 /// array of text), in the table's order.
@@ -38,7 +29,7 @@ async fn database_columns(store: &Store, table: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn catalogue_matches_the_migrated_tables() {
-    let (_db, store) = migrated_store().await;
+    let (_db, store) = common::migrated_warehouse().await;
     let mut problems = Vec::new();
     for table in Table::ALL {
         let def = table.def();
@@ -77,7 +68,7 @@ async fn catalogue_matches_the_migrated_tables() {
 
 #[tokio::test]
 async fn table_counts_list_the_session_tables_then_the_bookkeeping() {
-    let (_db, store) = migrated_store().await;
+    let (_db, store) = common::migrated_warehouse().await;
     let counts = store.table_counts().await.unwrap();
     let names: Vec<&str> = counts.iter().map(|(table, _)| *table).collect();
     // The order itself is pinned by the catalogue's unit test; this checks what the store counts follows it.

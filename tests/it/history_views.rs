@@ -171,10 +171,7 @@ async fn insert(pool: &PgPool, shift_days: i32) {
 
 /// A migrated warehouse holding the dataset.
 async fn warehouse() -> (TestDb, Store) {
-    let db = TestDb::create().await;
-    let settings = common::test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
-    let store = Store::connect(&settings.database, 4).await.unwrap();
-    store.migrate().await.unwrap();
+    let (db, store) = common::migrated_warehouse().await;
     insert(store.pool(), 0).await;
     (db, store)
 }

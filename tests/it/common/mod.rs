@@ -86,6 +86,14 @@ impl Drop for TestDb {
     }
 }
 
+/// A migrated, empty warehouse in a fresh database of its own (no API behind it).
+pub async fn migrated_warehouse() -> (TestDb, Store) {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.url, "http://127.0.0.1:9", "cog_unused");
+    let store = devin_etl::app::migrated_store(&settings).await.unwrap();
+    (db, store)
+}
+
 /// Settings for tests: no file, no environment, fast retries.
 pub fn test_settings(database_url: &str, api_url: &str, token: &str) -> Settings {
     let mut s = Settings::load_with_env(None, |_| None).expect("default settings load");
