@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::{Store, history};
 use super::checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
+use super::{Store, history};
 
 pub(super) async fn apply_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
