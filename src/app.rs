@@ -1,5 +1,10 @@
 //! The wiring, in one place: settings → pool → store → API client → syncer. Every command, the daemon, `demo`,
 //! the benchmark (crate `devin-etl-bench`) and the tests build through here, so they all run what production runs.
+//!
+//! Several sources share one store (one pool); each has its own API client and syncer. Database connections of a
+//! process that syncs: the shared pool ([`sync_pool_size`]), plus one dedicated lock connection per source running
+//! at that moment (at most `sync.source_concurrency` in the daemon, one for `sync`), plus the daemon's HTTP pool
+//! ([`SMALL_POOL`]).
 
 use std::path::Path;
 
@@ -17,9 +22,11 @@ const SMALL_POOL: u32 = 2;
 /// invalid.
 pub fn init(config_file: Option<&Path>) -> anyhow::Result<Settings> {
     let settings = Settings::load(config_file)?;
-    // Checked here, not in `settings`: it needs the API client's URL encoding.
-    if let Some(problem) = request::enrichment_batch_problem(&settings.api.base_url, settings.sync.enrichment_batch) {
-        return Err(ConfigError::Invalid { key: "sync.enrichment_batch", problem }.into());
+    // Checked here, not in `settings`: it needs the API client's URL encoding (and each source's base URL).
+    for source in settings.per_source() {
+        if let Some(problem) = request::enrichment_batch_problem(&source.api.base_url, settings.sync.enrichment_batch) {
+            return Err(ConfigError::Invalid { key: "sync.enrichment_batch", problem }.into());
+        }
     }
     telemetry::init(&settings.log);
     for warning in settings.warnings() {
@@ -31,8 +38,16 @@ pub fn init(config_file: Option<&Path>) -> anyhow::Result<Settings> {
 /// The syncer's pool: `database.max_connections`, or (0, the default) one connection per concurrent backfill
 /// window plus two for the run's bookkeeping and its lookups.
 pub fn sync_pool_size(settings: &Settings) -> u32 {
+    sync_pool_size_for(settings, 1)
+}
+
+/// The pool shared by the syncers of `sources` sources: `database.max_connections`, or (0, the default) what one
+/// source needs ([`sync_pool_size`]) times the sources that may run at once (`sync.source_concurrency`).
+pub fn sync_pool_size_for(settings: &Settings, sources: usize) -> u32 {
     match settings.database.max_connections {
-        0 => settings.sync.backfill_concurrency as u32 + 2,
+        0 => {
+            (settings.sync.backfill_concurrency as u32 + 2) * sources.clamp(1, settings.sync.source_concurrency) as u32
+        }
         n => n,
     }
 }
@@ -52,8 +67,26 @@ pub async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
 
 /// The API client and a migrated store with a pool sized for the backfill, as one [`Syncer`].
 pub async fn syncer(settings: Settings) -> anyhow::Result<Syncer> {
-    let api = ApiClient::new(&settings.api)?;
+    let api = api_client(&settings)?;
     let store = Store::connect(&settings.database, sync_pool_size(&settings)).await?;
     store.migrate().await?;
     Ok(Syncer::new(settings, api, store))
+}
+
+/// One [`Syncer`] per source of `sources` (from [`Settings::per_source`]), in that order, sharing one migrated
+/// store whose pool is sized by [`sync_pool_size_for`]. Every source's API client is built before the database is
+/// touched, so a bad token fails at once.
+pub async fn syncers(sources: Vec<Settings>) -> anyhow::Result<Vec<Syncer>> {
+    let Some(first) = sources.first() else {
+        anyhow::bail!("no source to sync");
+    };
+    let clients = sources.iter().map(api_client).collect::<anyhow::Result<Vec<_>>>()?;
+    let store = Store::connect(&first.database, sync_pool_size_for(first, sources.len())).await?;
+    store.migrate().await?;
+    Ok(sources.into_iter().zip(clients).map(|(settings, api)| Syncer::new(settings, api, store.clone())).collect())
+}
+
+/// The API client of the source `settings` sync, its metrics labelled with the source.
+fn api_client(settings: &Settings) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::new(&settings.api)?.for_source(&settings.sync.source))
 }

@@ -39,7 +39,9 @@ pub enum Command {
         /// Also re-read everything updated since this time (RFC 3339 or Unix seconds).
         #[arg(long, conflicts_with_all = ["backfill", "reconcile"])]
         since: Option<String>,
-        /// The source to sync (overrides `sync.source`; each source has its own lock, watermark and sessions).
+        /// The source to sync: with sources listed (`[sources.NAME]`), only that one (default: every listed
+        /// source, one after another); otherwise it overrides `sync.source`. Each source has its own lock,
+        /// watermark and sessions.
         #[arg(long)]
         source: Option<String>,
     },
@@ -48,7 +50,8 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// The source to show (overrides `sync.source`).
+        /// The source to show: with sources listed, only that one (default: every listed source); otherwise it
+        /// overrides `sync.source`.
         #[arg(long)]
         source: Option<String>,
     },
@@ -92,15 +95,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => commands::migrate::run(&settings).await,
         Command::Run { backfill } => commands::service::run(settings, backfill).await,
         Command::Sync { backfill, reconcile, since, source } => {
-            let settings = with_source(settings, source)?;
+            let sources = select_sources(settings, source)?;
             let job = match (backfill, reconcile) {
                 (true, _) => Job::Backfill,
                 (_, true) => Job::Reconcile,
                 _ => Job::Sync { since: since.map(|s| commands::sync::parse_time(&s)).transpose()? },
             };
-            commands::sync::run(settings, job).await
+            commands::sync::run(sources, job).await
         }
-        Command::Status { json, source } => commands::status::run(&with_source(settings, source)?, json).await,
+        Command::Status { json, source } => commands::status::run(&select_sources(settings, source)?, json).await,
         Command::Simulate { port, sessions, seed, host } => commands::simulate::run(host, port, sessions, seed).await,
         Command::Demo { sessions, allow_any_database } => {
             commands::demo::run(settings, sessions, allow_any_database).await
@@ -109,6 +112,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { .. } => anyhow::bail!(
             "the benchmark is its own program now, so the service binary carries none of it: run \
              `cargo run --release -p devin-etl-bench -- [ARGS]` (same arguments as before; see docs/performance.md)"
+        ),
+    }
+}
+
+/// The settings of each source a command covers ([`Settings::per_source`]): with sources listed, every one, or only
+/// `--source NAME` (an unknown name is an error listing the configured ones); in a single-source configuration, the
+/// one source, `--source NAME` overriding `sync.source`.
+pub fn select_sources(settings: Settings, source: Option<String>) -> anyhow::Result<Vec<Settings>> {
+    if settings.sources.is_empty() {
+        return Ok(vec![with_source(settings, source)?]);
+    }
+    let all = settings.per_source();
+    let Some(name) = source else {
+        return Ok(all);
+    };
+    let names: Vec<&str> = all.iter().map(|s| s.sync.source.as_str()).collect();
+    match all.iter().position(|s| s.sync.source == name) {
+        Some(i) => Ok(vec![all[i].clone()]),
+        None => anyhow::bail!(
+            "--source {name:?}: no such source; the configured sources are {} (listed as [sources.NAME] in the \
+             configuration)",
+            names.join(", ")
         ),
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! - `/healthz`: 200 `ok` while the process serves; never touches the database (a liveness probe must not
 //!   restart the pod because PostgreSQL is down).
-//! - `/readyz`: 200 when the database answers (within 2 s), every embedded migration is applied, and the
-//!   source's last successful run finished at most `server.max_staleness` ago; otherwise 503 with the reason
-//!   as plain text (`not ready: …`). Readiness is per source, not per replica: a replica that lost the
-//!   single-flight lock to another one is just as ready.
-//! - `/metrics`: the Prometheus text of the process-wide recorder, with `devin_etl_watermark_lag_seconds`
-//!   refreshed from `sync_state` on each scrape.
+//! - `/readyz`: 200 when the database answers (within 2 s), every embedded migration is applied, and every
+//!   source's last successful run finished at most `server.max_staleness` ago with no run stuck longer than
+//!   `server.max_run_duration`; otherwise 503 with the reason as plain text (`not ready: …`), naming each failing
+//!   source when there are several. One stale source makes the deployment unready, as a single stale source always
+//!   did: a warehouse missing a source's data is not a healthy one. Readiness is per source, not per replica: a
+//!   replica that lost the single-flight lock to another one is just as ready.
+//! - `/metrics`: the Prometheus text of the process-wide recorder, with `devin_etl_watermark_lag_seconds` of every
+//!   source refreshed from `sync_state` on each scrape.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Store,
+    /// The source the endpoints cover; [`serve_sources`] covers several.
     pub source: String,
     pub max_staleness: Duration,
     /// A run going for longer than this is reported as stuck.
@@ -45,15 +48,28 @@ pub struct HttpState {
 /// The router's own state: the caller's, plus what the handlers remember between requests.
 struct Shared {
     state: HttpState,
+    /// Every source covered (`state.source` alone, unless [`serve_sources`] named several).
+    sources: Vec<String>,
     /// The last readiness answer, to log changes once instead of every probe.
     last_readiness: Mutex<Option<Result<(), String>>>,
-    /// The last watermark read (`i64::MIN`: none yet), so the lag keeps growing while the database is away.
-    last_watermark: AtomicI64,
+    /// The last watermark read per source, so the lag keeps growing while the database is away.
+    last_watermarks: Mutex<HashMap<String, i64>>,
 }
 
 /// The routes, for `serve` and for tests.
 pub fn router(state: HttpState) -> axum::Router {
-    let shared = Arc::new(Shared { state, last_readiness: Mutex::new(None), last_watermark: AtomicI64::new(i64::MIN) });
+    let sources = vec![state.source.clone()];
+    router_for(state, sources)
+}
+
+/// The routes covering `sources` (readiness and watermark lag of each).
+fn router_for(state: HttpState, sources: Vec<String>) -> axum::Router {
+    let shared = Arc::new(Shared {
+        state,
+        sources,
+        last_readiness: Mutex::new(None),
+        last_watermarks: Mutex::new(HashMap::new()),
+    });
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -67,10 +83,22 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sources = vec![state.source.clone()];
+    serve_sources(listener, state, sources, shutdown).await
+}
+
+/// As [`serve`], covering every source of `sources` (`state.source` is not used): `/readyz` is ready only when
+/// each is, `/metrics` reports each one's watermark lag.
+pub async fn serve_sources(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    sources: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router_for(state, sources)).with_graceful_shutdown(shutdown).await
 }
 
 async fn healthz() -> &'static str {
@@ -78,7 +106,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let result = readiness(&shared.state).await;
+    let result = readiness(&shared.state, &shared.sources).await;
     log_change(&shared, &result);
     match result {
         Ok(detail) => (StatusCode::OK, format!("ready: {detail}\n")),
@@ -86,20 +114,36 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
-/// `Ok(detail)` when ready, else `Err(reason)`.
-async fn readiness(state: &HttpState) -> Result<String, String> {
+/// `Ok(detail)` when ready, else `Err(reason)`; with several sources, each one's detail or reason is prefixed with
+/// its name, and any source's reason makes the whole answer a reason.
+async fn readiness(state: &HttpState, sources: &[String]) -> Result<String, String> {
     let store = &state.store;
     within_timeout(store.ping()).await.map_err(|e| format!("database unreachable: {e}"))?;
     let migrations = within_timeout(store.migration_status()).await.map_err(|e| format!("database error: {e}"))?;
     if !migrations.is_current() {
         return Err(format!("migrations not current ({migrations}); run `devin-etl migrate`"));
     }
-    let last = within_timeout(store.last_success(&state.source)).await.map_err(|e| format!("database error: {e}"))?;
+    if let [source] = sources {
+        return source_readiness(state, source).await;
+    }
+    let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+    for source in sources {
+        match source_readiness(state, source).await {
+            Ok(detail) => ready.push(format!("{source}: {detail}")),
+            Err(reason) => not_ready.push(format!("source {source}: {reason}")),
+        }
+    }
+    if not_ready.is_empty() { Ok(ready.join("; ")) } else { Err(not_ready.join("; ")) }
+}
+
+/// One source's part of [`readiness`].
+async fn source_readiness(state: &HttpState, source: &str) -> Result<String, String> {
+    let store = &state.store;
+    let last = within_timeout(store.last_success(source)).await.map_err(|e| format!("database error: {e}"))?;
     let Some(last) = last else {
-        return Err(format!("no successful sync yet (source {})", state.source));
+        return Err(format!("no successful sync yet (source {source})"));
     };
-    let running =
-        within_timeout(store.oldest_running_run(&state.source)).await.map_err(|e| format!("database error: {e}"))?;
+    let running = within_timeout(store.oldest_running_run(source)).await.map_err(|e| format!("database error: {e}"))?;
     if let Some((run_id, mode, age)) = running
         && age > state.max_run_duration
     {
@@ -152,15 +196,23 @@ fn reason_kind(reason: &str) -> &str {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let state = &shared.state;
-    match within_timeout(state.store.watermark(&state.source)).await {
-        Ok(Some(watermark)) => shared.last_watermark.store(watermark, Ordering::Relaxed),
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "cannot read the watermark for devin_etl_watermark_lag_seconds"),
-    }
-    let watermark = shared.last_watermark.load(Ordering::Relaxed);
-    if watermark != i64::MIN {
-        let lag = chrono::Utc::now().timestamp().saturating_sub(watermark);
-        metrics::gauge!(metric::WATERMARK_LAG, "source" => state.source.clone()).set(lag as f64);
+    let now = chrono::Utc::now().timestamp();
+    for source in &shared.sources {
+        let read = within_timeout(state.store.watermark(source)).await;
+        let mut watermarks = shared.last_watermarks.lock().unwrap_or_else(PoisonError::into_inner);
+        match read {
+            Ok(Some(watermark)) => {
+                watermarks.insert(source.clone(), watermark);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, source, "cannot read the watermark for devin_etl_watermark_lag_seconds")
+            }
+        }
+        if let Some(watermark) = watermarks.get(source) {
+            let lag = now.saturating_sub(*watermark);
+            metrics::gauge!(metric::WATERMARK_LAG, "source" => source.clone()).set(lag as f64);
+        }
     }
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render())
 }

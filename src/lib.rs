@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod http;
 pub mod human;
+pub mod retention;
 pub mod schedule;
 pub mod settings;
 pub mod status;

@@ -1,19 +1,59 @@
 //! The daemon loop of `devin-etl run`: waits for the next tick of `sync.schedule` (incremental + enrichment)
 //! or `sync.reconcile_schedule` (reconcile), runs it under the source's advisory lock and claims the tick first, so
-//! any number of replicas run each tick of each source once, and stops cleanly on shutdown. One run at a time per process: ticks that fall during
-//! a run are skipped and logged.
+//! any number of replicas run each tick of each source once, and stops cleanly on shutdown. One run at a time per
+//! source: ticks that fall during a run are skipped and logged.
+//!
+//! Several sources ([`run_sources`]): each has a loop of its own, so a source that fails or hangs never holds the
+//! others back; at most `sync.source_concurrency` of them run a job at once in a process. A source waiting for a
+//! slot takes its lock only once it has one, so another replica with a free slot takes it first, and this replica
+//! then skips the tick (claimed, or busy): the replicas share the sources through their locks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use crate::sync::{Job, RunErrorKind, Syncer, TickOutcome};
 use crate::telemetry::metric;
 
 /// Runs until `shutdown` turns true. With `backfill`, a backfill runs first unless one has completed already
 /// (here or on another replica).
-pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run_daemon(syncer: Syncer, backfill: bool, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    source_loop(syncer, backfill, shutdown, None).await
+}
+
+/// [`run_daemon`] for every source of `syncers` at once, each in a task of its own with its own ticks, lock,
+/// backfill and claims; at most `sync.source_concurrency` (of the first syncer's settings: the setting is global)
+/// run a job at a time. Returns when every loop has stopped, or with the first loop's error (the others are then
+/// abandoned, their open transactions rolling back, as when the process exits).
+pub async fn run_sources(syncers: Vec<Syncer>, backfill: bool, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let Some(first) = syncers.first() else {
+        anyhow::bail!("no source to sync");
+    };
+    if syncers.len() == 1 {
+        return run_daemon(first.clone(), backfill, shutdown).await;
+    }
+    let slots = Arc::new(Semaphore::new(first.settings().sync.source_concurrency));
+    let mut loops = tokio::task::JoinSet::new();
+    for syncer in syncers {
+        let span = tracing::info_span!("source", source = syncer.source());
+        loops.spawn(source_loop(syncer, backfill, shutdown.clone(), Some(slots.clone())).instrument(span));
+    }
+    while let Some(ended) = loops.join_next().await {
+        ended.map_err(|e| anyhow::anyhow!("a source's scheduling task failed: {e}"))??;
+    }
+    Ok(())
+}
+
+/// One source's loop; a job waits for one of `slots`, when given, before it takes the source's lock.
+async fn source_loop(
+    syncer: Syncer,
+    backfill: bool,
+    mut shutdown: watch::Receiver<bool>,
+    slots: Option<Arc<Semaphore>>,
+) -> anyhow::Result<()> {
     let source = syncer.source().to_owned();
     let backfill_done = syncer.store().backfill_state(&source).await?.is_some_and(|s| s.completed);
     let mut backfill_pending = backfill && !backfill_done;
@@ -26,8 +66,9 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
     }
     let settings = &syncer.settings().sync;
     let grace = settings.shutdown_grace;
+    let slots = slots.as_deref();
     if backfill_pending {
-        run_job(&syncer, Job::BackfillUnlessDone, None, &mut backfill_pending, &shutdown, grace).await;
+        run_job(&syncer, Job::BackfillUnlessDone, None, &mut backfill_pending, &shutdown, grace, slots).await;
     }
     loop {
         if *shutdown.borrow() {
@@ -44,7 +85,7 @@ pub async fn run_daemon(syncer: Syncer, backfill: bool, mut shutdown: watch::Rec
             _ = shutdown.changed() => continue,
         }
         let started = Utc::now();
-        run_job(&syncer, job, Some(at), &mut backfill_pending, &shutdown, grace).await;
+        run_job(&syncer, job, Some(at), &mut backfill_pending, &shutdown, grace, slots).await;
         let skipped = settings.schedule.after(&started).take_while(|t| *t <= Utc::now()).count();
         if skipped > 0 {
             tracing::info!(skipped, "ticks fell during the run and were skipped (runs never overlap)");
@@ -109,7 +150,8 @@ pub async fn run_tick(syncer: &Syncer, job: Job, at: Option<DateTime<Utc>>) -> T
     }
 }
 
-/// [`run_tick`], giving the job `grace` to stop after shutdown is requested.
+/// [`run_tick`] once one of `slots` (when given) is free, giving the job `grace` to stop after shutdown is
+/// requested.
 async fn run_job(
     syncer: &Syncer,
     job: Job,
@@ -117,7 +159,19 @@ async fn run_job(
     backfill_pending: &mut bool,
     shutdown: &watch::Receiver<bool>,
     grace: Duration,
+    slots: Option<&Semaphore>,
 ) {
+    let mut waiting = shutdown.clone();
+    let _slot = match slots {
+        None => None,
+        Some(slots) => tokio::select! {
+            slot = slots.acquire() => match slot {
+                Ok(slot) => Some(slot),
+                Err(_) => return, // closed: never happens, the semaphore lives as long as the loops
+            },
+            _ = waiting.wait_for(|stop| *stop) => return,
+        },
+    };
     let mut stop = shutdown.clone();
     let grace_over = async move {
         let _ = stop.wait_for(|stop| *stop).await;

@@ -1,6 +1,7 @@
 //! Settings: loaded in layers (built-in `config/default.toml` → `--config FILE` → environment), validated once,
 //! into typed structs. Every error names the key and the fix. Secrets are `SecretString` and never printed.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -19,12 +20,19 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub enum ConfigError {
     #[error("{key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// As `Invalid`, for a key whose name is built from the configuration (`sources.<name>.token`).
+    #[error("{key}: {problem}")]
+    InvalidKey { key: String, problem: String },
     #[error("configuration could not be read: {0}")]
     Load(#[from] config::ConfigError),
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, problem: problem.into() }
+}
+
+fn invalid_key(key: String, problem: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidKey { key, problem: problem.into() }
 }
 
 /// Validated settings of the whole service.
@@ -35,6 +43,25 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+    pub history: HistorySettings,
+    /// The listed sources (`[sources.<name>]`), sorted by name; empty in a single-source configuration, which
+    /// syncs `sync.source` from `api.base_url` with `api.token`. See [`Settings::per_source`].
+    pub sources: Vec<SourceSettings>,
+}
+
+/// One listed source: its own API endpoint and token; every other setting is global.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// The map key: the name in `sessions.source`, `sync_state` and `sync_runs`.
+    pub name: String,
+    pub base_url: Url,
+    pub token: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// Closed history rows older than this are pruned by the daemon; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +117,9 @@ pub struct SyncSettings {
     pub shutdown_grace: Duration,
     /// How far a new watermark may run ahead of the time elapsed since the last one (see `sync::clock`).
     pub clock_tolerance: Duration,
+    /// How many sources one `devin-etl run` process syncs at once (the others wait for a slot, or another
+    /// replica takes them).
+    pub source_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +145,26 @@ struct RawSettings {
     sync: RawSync,
     server: RawServer,
     log: RawLog,
+    history: RawHistory,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    retention: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    token: Option<SecretString>,
+    #[serde(default)]
+    token_file: String,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +220,7 @@ struct RawSync {
     enrichment_batch: i64,
     shutdown_grace: String,
     clock_tolerance: String,
+    source_concurrency: i64,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +235,13 @@ impl Settings {
     pub fn warnings(&self) -> Vec<String> {
         let sync = &self.sync;
         let mut warnings = Vec::new();
+        if !self.sources.is_empty() && self.api.token.is_some() {
+            warnings.push(
+                "api.token (or DEVIN_API_TOKEN) is ignored: sources are listed, and each uses its own \
+                 sources.<name>.token or token_file"
+                    .to_owned(),
+            );
+        }
         if sync.clock_tolerance > sync.lookback + sync.settle {
             warnings.push(format!(
                 "sync.clock_tolerance ({}s) is more than sync.lookback + sync.settle ({}s): an API clock running ahead \
@@ -204,14 +262,38 @@ impl Settings {
     /// As [`Settings::load`], with the conventional variables read through `env` (tests pass their own).
     /// `DEVIN_ETL__…` variables always come from the process environment.
     pub fn load_with_env(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        Self::load_layers(file, env, None)
+    }
+
+    /// As [`Settings::load`], with every variable (`DEVIN_ETL__…` and the conventional ones) taken from `vars`
+    /// instead of the process environment: for tests.
+    pub fn load_with_vars(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let prefixed = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("DEVIN_ETL__"))
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::load_layers(file, lookup, Some(prefixed))
+    }
+
+    /// The layers: defaults, `file`, `DEVIN_ETL__…` variables (from `prefixed`, else the process environment),
+    /// then the conventional names read through `env`.
+    fn load_layers(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        prefixed: Option<config::Map<String, String>>,
+    ) -> Result<Settings, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(invalid("--config", format!("file {} does not exist", path.display())));
             }
+            refuse_source_tokens_in(path)?;
             builder = builder.add_source(File::from(path).required(true));
         }
-        builder = builder.add_source(Environment::with_prefix("DEVIN_ETL").separator("__").try_parsing(true));
+        builder = builder
+            .add_source(Environment::with_prefix("DEVIN_ETL").separator("__").try_parsing(true).source(prefixed));
         // The conventional names, unless the more specific DEVIN_ETL__ form is set.
         for (conventional, specific, key) in [
             ("DATABASE_URL", "DEVIN_ETL__DATABASE__URL", "database.url"),
@@ -225,6 +307,26 @@ impl Settings {
         Self::validate(raw)
     }
 
+    /// One `Settings` per source to sync, sorted by name: each listed source's name (as `sync.source`), base URL
+    /// and token over the global settings; in a single-source configuration (no `[sources.…]`), these settings
+    /// alone.
+    pub fn per_source(&self) -> Vec<Settings> {
+        if self.sources.is_empty() {
+            return vec![self.clone()];
+        }
+        self.sources
+            .iter()
+            .map(|source| {
+                let mut settings = self.clone();
+                settings.sync.source = source.name.clone();
+                settings.api.base_url = source.base_url.clone();
+                settings.api.token = Some(source.token.clone());
+                settings.sources = Vec::new();
+                settings
+            })
+            .collect()
+    }
+
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         let settings = Settings {
             api: validate_api(raw.api)?,
@@ -232,6 +334,8 @@ impl Settings {
             sync: validate_sync(raw.sync)?,
             server: validate_server(raw.server)?,
             log: validate_log(raw.log)?,
+            history: validate_history(raw.history)?,
+            sources: raw.sources.into_iter().map(|(name, raw)| validate_source(name, raw)).collect::<Result<_, _>>()?,
         };
         Ok(settings)
     }
@@ -239,22 +343,7 @@ impl Settings {
 
 fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
     let base_url = parse_base_url(&raw.base_url)?;
-    let token = match (raw.token, raw.token_file.trim()) {
-        (Some(token), _) if !token.expose_secret().trim().is_empty() => {
-            Some(SecretString::from(token.expose_secret().trim().to_owned()))
-        }
-        (_, "") => None,
-        (_, path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid("api.token_file", format!("cannot read {path}: {e} (mount the secret file or unset the key)"))
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(invalid("api.token_file", format!("{path} is empty")));
-            }
-            Some(SecretString::from(text.to_owned()))
-        }
-    };
+    let token = resolve_token(raw.token, &raw.token_file).map_err(|problem| invalid("api.token_file", problem))?;
     if !(1..=200).contains(&raw.page_size) {
         return Err(invalid("api.page_size", format!("{} is out of range; use 1..=200", raw.page_size)));
     }
@@ -280,6 +369,105 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         retry_max_elapsed: positive_duration("api.retry_max_elapsed", &raw.retry_max_elapsed)?,
         max_requests_per_second: (rps > 0.0).then_some(rps),
     })
+}
+
+/// The token given directly (trimmed), else read from `token_file` (trimmed); `Err` says what is wrong with the file.
+fn resolve_token(token: Option<SecretString>, token_file: &str) -> Result<Option<SecretString>, String> {
+    match (token, token_file.trim()) {
+        (Some(token), _) if !token.expose_secret().trim().is_empty() => {
+            Ok(Some(SecretString::from(token.expose_secret().trim().to_owned())))
+        }
+        (_, "") => Ok(None),
+        (_, path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {path}: {e} (mount the secret file or unset the key)"))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(format!("{path} is empty"));
+            }
+            Ok(Some(SecretString::from(text.to_owned())))
+        }
+    }
+}
+
+/// A source name: it is spelled in `DEVIN_ETL__SOURCES__<NAME>__TOKEN` (environment names are case-insensitive
+/// to the config crate, and `__` separates keys), so lowercase letters, digits and single underscores.
+fn is_source_name(name: &str) -> bool {
+    is_identifier(name) && !name.contains("__")
+}
+
+fn validate_source(name: String, raw: RawSource) -> Result<SourceSettings, ConfigError> {
+    let key = |field: &str| format!("sources.{name}.{field}");
+    if !is_source_name(&name) {
+        return Err(invalid_key(
+            format!("sources.{name}"),
+            "a source name is lowercase letters, digits and single underscores (max 63), not starting with a digit; \
+             it is spelled in DEVIN_ETL__SOURCES__<NAME>__TOKEN",
+        ));
+    }
+    // Required, not defaulted to api.base_url: a mistyped DEVIN_ETL__SOURCES__…__TOKEN must not create a source.
+    let Some(base_url) = raw.base_url else {
+        return Err(invalid_key(
+            key("base_url"),
+            format!(
+                "missing; every listed source needs its base URL (e.g. \"https://api.devin.ai\") in [sources.{name}]"
+            ),
+        ));
+    };
+    let base_url = parse_base_url(&base_url).map_err(|e| match e {
+        ConfigError::Invalid { problem, .. } => invalid_key(key("base_url"), problem),
+        other => other,
+    })?;
+    let env_name = format!("DEVIN_ETL__SOURCES__{}__TOKEN", name.to_uppercase());
+    let token = resolve_token(raw.token, &raw.token_file).map_err(|problem| invalid_key(key("token_file"), problem))?;
+    let Some(token) = token else {
+        return Err(invalid_key(
+            key("token"),
+            format!(
+                "no API token for source {name}; set {env_name} or point sources.{name}.token_file at a secret file"
+            ),
+        ));
+    };
+    Ok(SourceSettings { name, base_url, token })
+}
+
+/// Refuses a `token` of a listed source written in the configuration file: that file is meant to be committed (or
+/// baked into an image or a ConfigMap), so the secret would leak with it. Read from the file alone, so that the same
+/// key given by the environment is still accepted.
+fn refuse_source_tokens_in(path: &Path) -> Result<(), ConfigError> {
+    let file = Config::builder().add_source(File::from(path).required(true)).build()?;
+    let Ok(sources) = file.get_table("sources") else {
+        return Ok(());
+    };
+    for (name, value) in sources {
+        let has_token = value.into_table().is_ok_and(|table| table.contains_key("token"));
+        if has_token {
+            return Err(invalid_key(
+                format!("sources.{name}.token"),
+                format!(
+                    "a token must not be written in the configuration file {}, which is meant to be committed; remove \
+                     it and set DEVIN_ETL__SOURCES__{}__TOKEN, or point sources.{name}.token_file at a secret file",
+                    path.display(),
+                    name.to_uppercase()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_history(raw: RawHistory) -> Result<HistorySettings, ConfigError> {
+    let text = raw.retention.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("forever") {
+        return Ok(HistorySettings { retention: None });
+    }
+    let retention = parse_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
+        invalid(
+            "history.retention",
+            format!("{text:?} is not a retention; use \"forever\" (or empty) to keep all history, or a duration such as \"400d\""),
+        )
+    })?;
+    Ok(HistorySettings { retention: Some(retention) })
 }
 
 fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> {
@@ -367,8 +555,15 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
     // tolerance stays within lookback + settle; more is allowed (the guard is then weaker) and warned about by
     // `Settings::warnings`.
     let clock_tolerance = positive_duration("sync.clock_tolerance", &raw.clock_tolerance)?;
+    if !(1..=64).contains(&raw.source_concurrency) {
+        return Err(invalid(
+            "sync.source_concurrency",
+            format!("{} is out of range; use 1..=64", raw.source_concurrency),
+        ));
+    }
     Ok(SyncSettings {
         clock_tolerance,
+        source_concurrency: raw.source_concurrency as usize,
         schedule: parse_schedule("sync.schedule", &raw.schedule)?,
         reconcile_schedule: parse_schedule("sync.reconcile_schedule", &raw.reconcile_schedule)?,
         enrichment_window: duration("sync.enrichment_window", &raw.enrichment_window)?,
@@ -642,5 +837,160 @@ mod tests {
         assert!(err.starts_with("sync.schedule:"), "{err}");
         // A schedule that ends in a future year is fine until then.
         assert!(parse_schedule("sync.schedule", "0 0 0 1 1 * 2020-2099").is_ok());
+    }
+
+    /// A config file of its own holding `body`, removed when dropped.
+    struct TempConfig(std::path::PathBuf);
+
+    impl TempConfig {
+        fn new(body: &str) -> TempConfig {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "devin-etl-cfg-sources-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("settings.toml"), body).unwrap();
+            TempConfig(dir)
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            self.0.join("settings.toml")
+        }
+
+        fn load(&self, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+            Settings::load_with_vars(Some(&self.path()), vars)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const TWO_SOURCES: &str = "[sources.acme]\nbase_url = \"https://acme.example\"\n\
+                               [sources.globex]\nbase_url = \"http://127.0.0.1:9\"\n";
+
+    #[test]
+    fn sources_come_from_the_file_with_tokens_from_the_environment() {
+        let file = TempConfig::new(TWO_SOURCES);
+        let s = file
+            .load(&[
+                ("DEVIN_ETL__SOURCES__ACME__TOKEN", "cog_acme"),
+                ("DEVIN_ETL__SOURCES__GLOBEX__TOKEN", " cog_globex\n"),
+            ])
+            .unwrap();
+        let names: Vec<&str> = s.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["acme", "globex"]);
+        let per_source = s.per_source();
+        let seen: Vec<(&str, &str, &str)> = per_source
+            .iter()
+            .map(|p| (p.sync.source.as_str(), p.api.base_url.as_str(), p.api.token().unwrap().expose_secret()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("acme", "https://acme.example/", "cog_acme"), ("globex", "http://127.0.0.1:9/", "cog_globex")]
+        );
+        // Everything else is global.
+        assert!(per_source.iter().all(|p| p.api.page_size == 200 && p.sources.is_empty()));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("cog_acme") && !debug.contains("cog_globex"), "{debug}");
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+        // DEVIN_API_TOKEN is for the single-source configuration: ignored here, with a warning.
+        let s = file
+            .load(&[
+                ("DEVIN_ETL__SOURCES__ACME__TOKEN", "a"),
+                ("DEVIN_ETL__SOURCES__GLOBEX__TOKEN", "g"),
+                ("DEVIN_API_TOKEN", "cog_single"),
+            ])
+            .unwrap();
+        assert!(s.per_source().iter().all(|p| p.api.token().unwrap().expose_secret() != "cog_single"));
+        assert!(s.warnings().iter().any(|w| w.starts_with("api.token")), "{:?}", s.warnings());
+    }
+
+    #[test]
+    fn a_source_token_can_come_from_a_file() {
+        let secret = TempConfig::new("");
+        let token_path = secret.0.join("acme-token");
+        std::fs::write(&token_path, "cog_from_file\n").unwrap();
+        let file = TempConfig::new(&format!(
+            "[sources.acme]\nbase_url = \"https://acme.example\"\ntoken_file = {:?}\n",
+            token_path.display().to_string()
+        ));
+        let s = file.load(&[]).unwrap();
+        assert_eq!(s.per_source()[0].api.token().unwrap().expose_secret(), "cog_from_file");
+        std::fs::remove_file(&token_path).unwrap();
+        let err = file.load(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("sources.acme.token_file: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn a_source_token_written_in_the_config_file_is_refused_naming_the_key_and_the_fix() {
+        let file = TempConfig::new("[sources.acme]\nbase_url = \"https://acme.example\"\ntoken = \"cog_leaked\"\n");
+        let err = file.load(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("sources.acme.token: a token must not be written in the configuration file"), "{err}");
+        assert!(err.contains("DEVIN_ETL__SOURCES__ACME__TOKEN") && err.contains("sources.acme.token_file"), "{err}");
+        assert!(!err.contains("cog_leaked"), "{err}");
+        // Even when the environment gives one too: the file must not hold it.
+        assert!(file.load(&[("DEVIN_ETL__SOURCES__ACME__TOKEN", "cog_env")]).is_err());
+    }
+
+    #[test]
+    fn listed_sources_are_checked_naming_the_key() {
+        for (body, vars, key) in [
+            ("[sources.acme]\nbase_url = \"https://a.example\"\n", &[][..], "sources.acme.token: no API token"),
+            (
+                "[sources.acme]\ntoken_file = \"\"\n",
+                &[("DEVIN_ETL__SOURCES__ACME__TOKEN", "t")][..],
+                "sources.acme.base_url",
+            ),
+            (
+                "[sources.acme]\nbase_url = \"http://api.devin.ai\"\n",
+                &[("DEVIN_ETL__SOURCES__ACME__TOKEN", "t")][..],
+                "sources.acme.base_url: \"http://api.devin.ai\" uses plain http",
+            ),
+            ("[sources.Acme-1]\nbase_url = \"https://a.example\"\n", &[][..], "sources.Acme-1: a source name is"),
+            ("[sources.acme]\nbase_url = \"https://a.example\"\ntokn_file = \"x\"\n", &[][..], "tokn_file"),
+        ] {
+            let err = TempConfig::new(body).load(vars).unwrap_err().to_string();
+            assert!(err.starts_with(key) || err.contains(key), "{body}: {err}");
+        }
+        // A token in the environment for a source the file does not list is a source without a base URL: refused,
+        // so a mistyped name cannot create a source.
+        let err = Settings::load_with_vars(None, &[("DEVIN_ETL__SOURCES__ACEM__TOKEN", "t")]).unwrap_err().to_string();
+        assert!(err.starts_with("sources.acem.base_url: missing"), "{err}");
+    }
+
+    #[test]
+    fn without_sources_the_single_source_configuration_is_unchanged() {
+        let s =
+            Settings::load_with_vars(None, &[("DEVIN_API_TOKEN", "cog_single"), ("DEVIN_ETL__SYNC__SOURCE", "acme")])
+                .unwrap();
+        assert!(s.sources.is_empty());
+        let per_source = s.per_source();
+        assert_eq!(per_source.len(), 1);
+        assert_eq!(per_source[0].sync.source, "acme");
+        assert_eq!(per_source[0].api.base_url.as_str(), "https://api.devin.ai/");
+        assert_eq!(per_source[0].api.token().unwrap().expose_secret(), "cog_single");
+        assert_eq!(s.sync.source_concurrency, 4);
+    }
+
+    #[test]
+    fn history_retention_is_forever_by_default_or_a_duration() {
+        assert_eq!(Settings::load_with_vars(None, &[]).unwrap().history.retention, None);
+        for keep in ["forever", "", " Forever "] {
+            let s = Settings::load_with_vars(None, &[("DEVIN_ETL__HISTORY__RETENTION", keep)]).unwrap();
+            assert_eq!(s.history.retention, None, "{keep:?}");
+        }
+        let s = Settings::load_with_vars(None, &[("DEVIN_ETL__HISTORY__RETENTION", "400d")]).unwrap();
+        assert_eq!(s.history.retention, Some(Duration::from_secs(400 * 86_400)));
+        for bad in ["soon", "0d", "400"] {
+            let err =
+                Settings::load_with_vars(None, &[("DEVIN_ETL__HISTORY__RETENTION", bad)]).unwrap_err().to_string();
+            assert!(err.starts_with("history.retention:") && err.contains("forever"), "{bad}: {err}");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! `devin-etl status`: the source's watermark and lag, backfill state, recent runs and row counts — for people
-//! (a table) or scripts (`--json`).
+//! `devin-etl status`: each source's watermark and lag, backfill state, recent runs, and the row counts — for
+//! people (a table) or scripts (`--json`).
 
 use std::time::Duration;
 
@@ -25,7 +25,28 @@ pub struct Status {
     pub live_sessions: i64,
     pub deleted_sessions: i64,
     pub runs: Vec<RunRow>,
+    /// Rows per table (of every source); left out of each source's object in [`Several`], which has them once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
+}
+
+/// The status of several sources (`status` with sources listed): the schema and row counts once.
+#[derive(Debug, Serialize)]
+pub struct Several {
+    pub schema: String,
+    pub sources: Vec<Status>,
+    pub tables: Vec<TableCount>,
+}
+
+impl Several {
+    pub fn of(mut sources: Vec<Status>) -> Several {
+        let schema = sources.first().map(|s| s.schema.clone()).unwrap_or_default();
+        let tables = sources.first_mut().map(|s| std::mem::take(&mut s.tables)).unwrap_or_default();
+        for s in &mut sources {
+            s.tables.clear();
+        }
+        Several { schema, sources, tables }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -63,8 +84,28 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
     })
 }
 
-/// A human-readable report.
+/// A human-readable report of one source and the row counts.
 pub fn render(s: &Status) -> String {
+    let mut out = render_source(s);
+    out.push_str(&render_tables(&s.tables));
+    out
+}
+
+/// A human-readable report of several sources, one section each, then the row counts once.
+pub fn render_several(statuses: &[Status]) -> String {
+    let mut out = String::new();
+    for (i, s) in statuses.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&render_source(s));
+    }
+    out.push_str(&render_tables(statuses.first().map(|s| s.tables.as_slice()).unwrap_or_default()));
+    out
+}
+
+/// One source: watermark, backfill, sessions, clock, recent runs.
+fn render_source(s: &Status) -> String {
     let mut out = String::new();
     let watermark = match (s.watermark_time, s.lag_seconds) {
         (Some(t), Some(lag)) if lag >= 0 => {
@@ -118,8 +159,12 @@ pub fn render(s: &Status) -> String {
     if s.runs.is_empty() {
         out.push_str("        (no runs yet)\n");
     }
-    out.push_str(&format!("\n{:<26} {:>10}\n", "table", "rows"));
-    for t in &s.tables {
+    out
+}
+
+fn render_tables(tables: &[TableCount]) -> String {
+    let mut out = format!("\n{:<26} {:>10}\n", "table", "rows");
+    for t in tables {
         out.push_str(&format!("{:<26} {:>10}\n", t.table, t.rows));
     }
     out

@@ -27,6 +27,7 @@ pub mod metric {
     pub const LOCK_LOST: &str = "devin_etl_lock_lost_total";
     pub const RUNS_FENCED: &str = "devin_etl_runs_fenced_total";
     pub const TICKS_SKIPPED: &str = "devin_etl_ticks_skipped_total";
+    pub const HISTORY_PRUNED: &str = "devin_etl_history_pruned_rows_total";
 
     /// Every metric.
     pub const ALL: &[&str] = &[
@@ -44,11 +45,12 @@ pub mod metric {
         LOCK_LOST,
         RUNS_FENCED,
         TICKS_SKIPPED,
+        HISTORY_PRUNED,
     ];
 
     /// The metrics that appear only after an event a healthy single run does not cause (a clock anomaly, a lost
-    /// lock, a tick another replica ran).
-    pub const ONLY_AFTER_AN_EVENT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED, TICKS_SKIPPED];
+    /// lock, a tick another replica ran, a prune of the history).
+    pub const ONLY_AFTER_AN_EVENT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED, TICKS_SKIPPED, HISTORY_PRUNED];
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
@@ -102,26 +104,26 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// so dashboards and `rate()` see them before the first run.
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(metric::RUNS, Unit::Count, "Finished sync runs, by mode and final status.");
-    describe_counter!(metric::PAGES, Unit::Count, "API pages fetched and loaded, by run mode.");
+    describe_counter!(metric::RUNS, Unit::Count, "Finished sync runs, by source, mode and final status.");
+    describe_counter!(metric::PAGES, Unit::Count, "API pages fetched and loaded, by source and run mode.");
     describe_counter!(
         metric::SESSIONS_READ,
         Unit::Count,
-        "Sessions read from the API (repeats included), by run mode."
+        "Sessions read from the API (repeats included), by source and run mode."
     );
     describe_counter!(
         metric::SESSIONS_UPSERTED,
         Unit::Count,
-        "Sessions inserted or updated in the warehouse (unchanged re-reads excluded), by run mode."
+        "Sessions inserted or updated in the warehouse (unchanged re-reads excluded), by source and run mode."
     );
-    describe_counter!(metric::ROWS_WRITTEN, Unit::Count, "Rows written to the warehouse, by table.");
+    describe_counter!(metric::ROWS_WRITTEN, Unit::Count, "Rows written to the warehouse, by source and table.");
     describe_counter!(
         metric::API_REQUESTS,
         Unit::Count,
-        "Requests to the Devin API, by HTTP status code (\"error\" when no response arrived)."
+        "Requests to the Devin API, by source and HTTP status code (\"error\" when no response arrived)."
     );
-    describe_counter!(metric::API_RETRIES, Unit::Count, "Retried requests to the Devin API.");
-    describe_histogram!(metric::RUN_DURATION, Unit::Seconds, "Wall-clock duration of sync runs, by mode.");
+    describe_counter!(metric::API_RETRIES, Unit::Count, "Retried requests to the Devin API, by source.");
+    describe_histogram!(metric::RUN_DURATION, Unit::Seconds, "Wall-clock duration of sync runs, by source and mode.");
     describe_gauge!(
         metric::WATERMARK_LAG,
         Unit::Seconds,
@@ -154,10 +156,33 @@ fn describe_metrics() {
         "Scheduled ticks this replica skipped, by source and reason: claimed (another replica ran it) or busy \
          (another replica held the lock)."
     );
+    describe_counter!(
+        metric::HISTORY_PRUNED,
+        Unit::Count,
+        "Closed rows of session_history and session_pull_request_history deleted as older than history.retention."
+    );
+    // Series without a source label, so that the HELP and TYPE lines are there before anything ran; each source's
+    // own zero series come with `announce_sources`.
+    zero_series(&[]);
+}
+
+/// Zero values of the run and retry counters of each source, so that `rate()` and dashboards see every source
+/// from the start (the daemon calls it with the sources it syncs).
+pub fn announce_sources<S: AsRef<str>>(sources: &[S]) {
+    for source in sources {
+        zero_series(&[("source", source.as_ref().to_owned())]);
+    }
+}
+
+fn zero_series(labels: &[(&'static str, String)]) {
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<metrics::Label> {
+        let own = labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone()));
+        own.chain(extra.iter().map(|(k, v)| metrics::Label::new(*k, *v))).collect()
+    };
     for mode in ["incremental", "backfill"] {
         for status in ["succeeded", "failed", "aborted"] {
-            metrics::counter!(metric::RUNS, "mode" => mode, "status" => status).increment(0);
+            metrics::counter!(metric::RUNS, with(&[("mode", mode), ("status", status)])).increment(0);
         }
     }
-    metrics::counter!(metric::API_RETRIES).increment(0);
+    metrics::counter!(metric::API_RETRIES, with(&[])).increment(0);
 }

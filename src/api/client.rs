@@ -108,6 +108,8 @@ pub struct ApiClient {
     retry: RetryPolicy,
     pacer: Option<Arc<Pacer>>,
     stats: Arc<ApiStats>,
+    /// The `source` label of this client's request and retry metrics, once [`ApiClient::for_source`] set it.
+    source: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -147,7 +149,20 @@ impl ApiClient {
             },
             pacer: settings.max_requests_per_second.map(|rps| Arc::new(Pacer::new(rps))),
             stats: Arc::new(ApiStats::default()),
+            source: None,
         })
+    }
+
+    /// This client, with its request and retry metrics labelled `source` (one client per source).
+    pub fn for_source(mut self, source: &str) -> ApiClient {
+        self.source = Some(Arc::from(source));
+        self
+    }
+
+    /// Labels of this client's metrics: `source` when set, then `extra`.
+    fn metric_labels(&self, extra: &[(&'static str, String)]) -> Vec<metrics::Label> {
+        let source = self.source.as_ref().map(|s| metrics::Label::new("source", s.to_string()));
+        source.into_iter().chain(extra.iter().map(|(k, v)| metrics::Label::new(*k, v.clone()))).collect()
     }
 
     /// Request and retry counters of this client and its clones.
@@ -181,7 +196,7 @@ impl ApiClient {
                 });
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(metric::API_RETRIES).increment(1);
+            metrics::counter!(metric::API_RETRIES, self.metric_labels(&[])).increment(1);
             tracing::warn!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying request");
             tokio::time::sleep(wait).await;
         }
@@ -204,11 +219,15 @@ impl ApiClient {
             .header(AUTHORIZATION, self.authorization.clone())
             .send()
             .await
-            .inspect_err(|_| metrics::counter!(metric::API_REQUESTS, "status" => "error").increment(1))
+            .inspect_err(|_| {
+                metrics::counter!(metric::API_REQUESTS, self.metric_labels(&[("status", "error".to_owned())]))
+                    .increment(1)
+            })
             .map_err(transport)?;
         let received_at = std::time::Instant::now();
         let status = response.status();
-        metrics::counter!(metric::API_REQUESTS, "status" => status.as_str().to_owned()).increment(1);
+        metrics::counter!(metric::API_REQUESTS, self.metric_labels(&[("status", status.as_str().to_owned())]))
+            .increment(1);
         let headers = response.headers().clone();
         let server_time = server_time(&headers);
         let announced_len = response.content_length();

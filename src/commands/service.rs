@@ -5,7 +5,8 @@ use anyhow::Context as _;
 use crate::settings::Settings;
 use crate::{app, telemetry};
 
-/// `devin-etl run`: the HTTP endpoints and the scheduler, until SIGTERM/SIGINT.
+/// `devin-etl run`: the HTTP endpoints and the scheduler of every source (and the history's pruning, with
+/// `history.retention`), until SIGTERM/SIGINT.
 pub async fn run(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -13,25 +14,35 @@ pub async fn run(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     let listen = settings.server.listen;
     let max_staleness = settings.server.max_staleness;
     let max_run_duration = settings.server.max_run_duration;
-    let syncer =
-        app::syncer(settings).await?.with_shutdown(stopped.clone()).with_progress(super::progress_bar::for_stderr());
+    let syncers: Vec<_> = app::syncers(settings.per_source())
+        .await?
+        .into_iter()
+        .map(|s| s.with_shutdown(stopped.clone()).with_progress(super::progress_bar::for_stderr()))
+        .collect();
+    let sources: Vec<String> = syncers.iter().map(|s| s.source().to_owned()).collect();
+    telemetry::announce_sources(&sources);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
     // A pool of its own, so a busy backfill cannot make /readyz time out waiting for a connection.
-    let http_store = app::small_store(syncer.settings()).await?;
+    let http_store = app::small_store(&settings).await?;
     let state = crate::http::HttpState {
         store: http_store,
-        source: syncer.source().to_owned(),
+        source: sources.first().cloned().unwrap_or_default(),
         max_staleness,
         max_run_duration,
         metrics,
     };
     let mut http_stop = stopped.clone();
-    let http = tokio::spawn(crate::http::serve(listener, state, async move {
+    let http = tokio::spawn(crate::http::serve_sources(listener, state, sources, async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
     }));
-    let result = crate::schedule::run_daemon(syncer, backfill, stopped).await;
+    if let (Some(retention), Some(syncer)) = (settings.history.retention, syncers.first()) {
+        let store = syncer.store().clone();
+        let schedule = settings.sync.reconcile_schedule.clone();
+        tokio::spawn(crate::retention::run(store, retention, schedule, stopped.clone()));
+    }
+    let result = crate::schedule::run_sources(syncers, backfill, stopped).await;
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),

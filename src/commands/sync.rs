@@ -6,12 +6,40 @@ use crate::app;
 use crate::settings::Settings;
 use crate::sync::Job;
 
-pub async fn run(settings: Settings, job: Job) -> anyhow::Result<()> {
+/// Runs `job` for each source of `sources`, one after another. With several, every source runs even when an
+/// earlier one failed, and the error names the sources that failed.
+pub async fn run(sources: Vec<Settings>, job: Job) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::schedule::forward_signals(stop));
-    let syncer = app::syncer(settings).await?.with_shutdown(stopped).with_progress(super::progress_bar::for_stderr());
-    // Takes the source's lock for itself, and fails at once when another process holds it.
-    syncer.run_job(job).await.map(drop)
+    let syncers = app::syncers(sources).await?;
+    let several = syncers.len() > 1;
+    let mut failed = Vec::new();
+    for syncer in syncers {
+        if *stopped.borrow() {
+            failed.push((syncer.source().to_owned(), anyhow::anyhow!("not run: shutdown requested")));
+            continue;
+        }
+        let syncer = syncer.with_shutdown(stopped.clone()).with_progress(super::progress_bar::for_stderr());
+        // Takes the source's lock for itself, and fails at once when another process holds it.
+        match syncer.run_job(job).await {
+            Ok(_) => {}
+            Err(e) if !several => return Err(e),
+            Err(e) => {
+                tracing::error!(source = syncer.source(), error = %format!("{e:#}"), "the source's sync failed; going on with the next source");
+                failed.push((syncer.source().to_owned(), e));
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+    let details: Vec<String> = failed.iter().map(|(name, e)| format!("{name}: {e:#}")).collect();
+    anyhow::bail!(
+        "the sync failed for source(s) {} (the others succeeded):\n  {}",
+        names.join(", "),
+        details.join("\n  ")
+    )
 }
 
 /// `--since`: RFC 3339 or Unix seconds.

@@ -225,7 +225,8 @@ impl Syncer {
             ..RunRecord::default()
         };
         let elapsed = started.elapsed();
-        metrics::histogram!(metric::RUN_DURATION, "mode" => mode.as_str()).record(elapsed.as_secs_f64());
+        metrics::histogram!(metric::RUN_DURATION, "source" => self.source().to_owned(), "mode" => mode.as_str())
+            .record(elapsed.as_secs_f64());
         match result {
             Ok(work) => {
                 let stats = work.walks;
@@ -271,7 +272,8 @@ impl Syncer {
                 if kind.is_fenced() {
                     metrics::counter!(metric::RUNS_FENCED, "source" => self.source().to_owned()).increment(1);
                 }
-                metrics::counter!(metric::RUNS, "mode" => mode.as_str(), "status" => status).increment(1);
+                metrics::counter!(metric::RUNS, "source" => self.source().to_owned(), "mode" => mode.as_str(), "status" => status)
+                    .increment(1);
                 if kind == RunErrorKind::Interrupted {
                     tracing::warn!(run_id, mode = mode.as_str(), "sync run stopped by shutdown; the watermark stays");
                 } else {
@@ -328,17 +330,19 @@ impl From<WalkStats> for Work {
 
 fn record_metrics(source: &str, o: &RunOutcome, status: &'static str) {
     let mode = o.mode.as_str();
-    metrics::counter!(metric::RUNS, "mode" => mode, "status" => status).increment(1);
-    metrics::counter!(metric::PAGES, "mode" => mode).increment(o.pages);
-    metrics::counter!(metric::SESSIONS_READ, "mode" => mode).increment(o.items);
-    metrics::counter!(metric::SESSIONS_UPSERTED, "mode" => mode).increment(o.writes.sessions_written);
+    let source = || source.to_owned();
+    metrics::counter!(metric::RUNS, "source" => source(), "mode" => mode, "status" => status).increment(1);
+    metrics::counter!(metric::PAGES, "source" => source(), "mode" => mode).increment(o.pages);
+    metrics::counter!(metric::SESSIONS_READ, "source" => source(), "mode" => mode).increment(o.items);
+    metrics::counter!(metric::SESSIONS_UPSERTED, "source" => source(), "mode" => mode)
+        .increment(o.writes.sessions_written);
     for (table, n) in &o.writes.rows {
-        metrics::counter!(metric::ROWS_WRITTEN, "table" => *table).increment(*n);
+        metrics::counter!(metric::ROWS_WRITTEN, "source" => source(), "table" => *table).increment(*n);
     }
     let now = chrono::Utc::now().timestamp() as f64;
-    metrics::gauge!(metric::LAST_SUCCESS, "source" => source.to_owned(), "mode" => mode).set(now);
+    metrics::gauge!(metric::LAST_SUCCESS, "source" => source(), "mode" => mode).set(now);
     if let Some(w) = o.watermark_after {
-        metrics::gauge!(metric::WATERMARK_LAG, "source" => source.to_owned()).set(now - w as f64);
+        metrics::gauge!(metric::WATERMARK_LAG, "source" => source()).set(now - w as f64);
     }
 }
 

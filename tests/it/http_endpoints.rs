@@ -376,8 +376,31 @@ async fn metrics_are_prometheus_text_and_the_source_gauges_are_exact() {
         "run duration buckets reach an hour:\n{after}"
     );
     // Exactly the series of this source that one successful incremental run makes: no others, no faults.
+    // Every per-source metric carries the source label, so this source's series are the metrics a run records.
     let ours: Vec<&str> = after.lines().filter(|l| l.contains(&format!("source=\"{source}\""))).collect();
-    assert_eq!(ours.len(), 2, "{ours:?}");
+    let names: std::collections::BTreeSet<&str> =
+        ours.iter().filter_map(|l| l.split('{').next()).map(|n| n.trim_end_matches("_bucket")).collect();
+    let names: std::collections::BTreeSet<&str> =
+        names.into_iter().map(|n| n.trim_end_matches("_sum").trim_end_matches("_count")).collect();
+    let expected: std::collections::BTreeSet<&str> = [
+        metric::RUNS,
+        metric::PAGES,
+        metric::SESSIONS_READ,
+        metric::SESSIONS_UPSERTED,
+        metric::ROWS_WRITTEN,
+        metric::API_REQUESTS,
+        metric::RUN_DURATION,
+        metric::LAST_SUCCESS,
+        metric::WATERMARK_LAG,
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, expected, "{ours:?}");
+    assert_eq!(sample_sum(&after, metric::RUNS, &[("source", source)]), Some(1.0), "{ours:?}");
+    assert_eq!(
+        sample_sum(&after, metric::RUNS, &[("source", source), ("mode", "incremental"), ("status", "succeeded")]),
+        Some(1.0)
+    );
     let last_success = sample_sum(&after, metric::LAST_SUCCESS, &[("source", source), ("mode", "incremental")])
         .expect("last success gauge");
     assert!(
