@@ -384,7 +384,7 @@ async fn a_reconcile_killed_between_its_walk_and_its_deletions_marks_nothing_del
     sqlx::query(&lock).bind(&removed).execute(&mut holder).await.unwrap();
     let holder_pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut holder).await.unwrap();
     let waiting = format!(
-        "query ilike 'update sessions s set deleted_at%' and wait_event_type = 'Lock'
+        "query ilike '%update sessions s set deleted_at%' and wait_event_type = 'Lock'
          and {holder_pid} = any(pg_blocking_pids(pid))"
     );
     world.kill_during(&["sync", "--reconcile"], &waiting, 1, |_| true).await;
