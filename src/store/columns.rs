@@ -191,6 +191,30 @@ impl ColumnBuffer {
         }
     }
 
+    /// The values of the integer column `name` (empty if the table has no such integer column).
+    pub(super) fn int_column(&self, name: &str) -> &[Option<i64>] {
+        match self.table.position(name).map(|i| &self.columns[i]) {
+            Some(Column::Int(values)) => values,
+            _ => &[],
+        }
+    }
+
+    /// The values of the float column `name` (empty if the table has no such float column).
+    pub(super) fn float_column(&self, name: &str) -> &[Option<f64>] {
+        match self.table.position(name).map(|i| &self.columns[i]) {
+            Some(Column::Float(values)) => values,
+            _ => &[],
+        }
+    }
+
+    /// The values of the boolean column `name` (empty if the table has no such boolean column).
+    pub(super) fn bool_column(&self, name: &str) -> &[bool] {
+        match self.table.position(name).map(|i| &self.columns[i]) {
+            Some(Column::Bool(values)) => values,
+            _ => &[],
+        }
+    }
+
     /// The rows in PostgreSQL's COPY text format, in the catalogue's column order. Unix seconds are written as
     /// UTC timestamps.
     pub(super) fn copy_text(&self) -> Vec<u8> {

@@ -2,10 +2,11 @@
 //! session's tracked attributes and of its pull requests' states, written in the transaction that writes the
 //! sessions, after them.
 //!
-//! Each statement compares the warehouse's current state of the batch's sessions with their latest history rows
-//! and writes only differences, so re-reading an unchanged session adds nothing. Every session of the batch is
-//! compared, not only those the merge wrote: a version an older release wrote without history is caught up at the
-//! next read.
+//! Sessions new to the warehouse (the backfill's COPY path) get their first versions COPYed with them
+//! ([`first_versions`]). Otherwise [`record`]'s statements compare the warehouse's current state of the sessions
+//! the merge wrote with their latest history rows and write only differences, so re-reading an unchanged session
+//! adds nothing (and costs nothing). A reconcile compares every session it reads, so versions that a release
+//! without history wrote (a rollback) are caught up by the next reconcile.
 //!
 //! When a version starts (`valid_from`): the session's `updated_at` when it is newer than the latest version;
 //! otherwise (analysis or category arriving without an `updated_at` bump) the API server time at which the batch
@@ -13,6 +14,7 @@
 //! otherwise) and never before a deletion closed it, so a session's rows never overlap and consecutive ones meet
 //! exactly.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -20,7 +22,9 @@ use anyhow::Context as _;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
-use super::catalogue::Table;
+use super::catalogue::{PULL_REQUEST_HISTORY, SESSION_HISTORY, Table};
+use super::columns::ColumnBuffer;
+use super::load::CopyPayload;
 use super::rows::Batch;
 
 /// The tracked attributes of a session version, in `session_history`'s column order.
@@ -46,7 +50,7 @@ fn new_version_start(l: &str, updated_at: &str) -> String {
     )
 }
 
-static SESSION_HISTORY: LazyLock<String> = LazyLock::new(|| {
+static RECORD_SESSION_VERSIONS: LazyLock<String> = LazyLock::new(|| {
     let cur_cols = TRACKED.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
     let last_cols = TRACKED.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
     format!(
@@ -78,7 +82,7 @@ static SESSION_HISTORY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static PULL_REQUEST_HISTORY: LazyLock<String> = LazyLock::new(|| {
+static RECORD_PULL_REQUEST_VERSIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {observed},
          live as (
@@ -125,18 +129,18 @@ pub struct HistoryWrites {
     pub pull_requests: u64,
 }
 
-/// Records the new versions of the batch's sessions of `source`, after the batch's rows were written.
+/// Records the new versions of the sessions `ids` of `source` (of `batch`, whose rows were just written).
 pub(super) async fn record(
     tx: &mut Transaction<'_, Postgres>,
     source: &str,
     batch: &Batch,
+    ids: &[&str],
 ) -> anyhow::Result<HistoryWrites> {
-    let ids = batch.buffer(Table::Sessions).text_column("session_id");
     let mut writes = HistoryWrites::default();
     if ids.is_empty() {
         return Ok(writes);
     }
-    writes.sessions = sqlx::query(SESSION_HISTORY.as_str())
+    writes.sessions = sqlx::query(RECORD_SESSION_VERSIONS.as_str())
         .bind(ids)
         .bind(source)
         .bind(batch.observed_at)
@@ -144,7 +148,7 @@ pub(super) async fn record(
         .await
         .context("recording session history")?
         .rows_affected();
-    writes.pull_requests = sqlx::query(PULL_REQUEST_HISTORY.as_str())
+    writes.pull_requests = sqlx::query(RECORD_PULL_REQUEST_VERSIONS.as_str())
         .bind(ids)
         .bind(source)
         .bind(batch.observed_at)
@@ -153,6 +157,49 @@ pub(super) async fn record(
         .context("recording pull request history")?
         .rows_affected();
     Ok(writes)
+}
+
+/// The first versions of the batch's sessions and of their pull requests, as COPY text: what [`record`] would
+/// write for sessions the warehouse did not hold, without asking the database (the backfill's path).
+pub(super) fn first_versions(batch: &Batch) -> [CopyPayload; 2] {
+    let sessions = batch.buffer(Table::Sessions);
+    let ids = sessions.text_column("session_id");
+    let updated_at = sessions.int_column("updated_at");
+    let (status, detail, category) =
+        (sessions.text_column("status"), sessions.text_column("status_detail"), sessions.text_column("category"));
+    let acus = sessions.float_column("acus_consumed");
+    let (has_analysis, is_archived) = (sessions.bool_column("has_analysis"), sessions.bool_column("is_archived"));
+    let mut versions = ColumnBuffer::new(&SESSION_HISTORY);
+    let mut updated: HashMap<&str, i64> = HashMap::with_capacity(sessions.rows());
+    for row in 0..sessions.rows() {
+        let id = ids[row].as_deref().unwrap_or_default();
+        let valid_from = updated_at[row].unwrap_or_default();
+        updated.insert(id, valid_from);
+        versions
+            .text("session_id", id)
+            .unix_seconds("valid_from", valid_from)
+            .opt_text("status", status[row].as_deref())
+            .opt_text("status_detail", detail[row].as_deref())
+            .opt_float("acus_consumed", acus[row])
+            .opt_text("category", category[row].as_deref())
+            .bool("has_analysis", has_analysis[row])
+            .bool("is_archived", is_archived[row])
+            .end_row();
+    }
+    let prs = batch.buffer(Table::PullRequests);
+    let (pr_session, pr_url, pr_state) =
+        (prs.text_column("session_id"), prs.text_column("pr_url"), prs.text_column("pr_state"));
+    let mut pr_versions = ColumnBuffer::new(&PULL_REQUEST_HISTORY);
+    for row in 0..prs.rows() {
+        let id = pr_session[row].as_deref().unwrap_or_default();
+        pr_versions
+            .text("session_id", id)
+            .opt_text("pr_url", pr_url[row].as_deref())
+            .unix_seconds("valid_from", updated.get(id).copied().unwrap_or_default())
+            .opt_text("pr_state", pr_state[row].as_deref())
+            .end_row();
+    }
+    [CopyPayload::of(&SESSION_HISTORY, &versions), CopyPayload::of(&PULL_REQUEST_HISTORY, &pr_versions)]
 }
 
 /// Closes the current history rows of the sessions of `source` just marked deleted (`marked` CTE: `session_id`,

@@ -18,7 +18,7 @@ use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Store;
-use super::catalogue::{ColumnDef, Table, TableDef};
+use super::catalogue::{ColumnDef, HISTORY, Table, TableDef};
 use super::checkpoint::{Checkpoint, WriteStats};
 use super::columns::{Column, ColumnBuffer};
 use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
@@ -82,22 +82,24 @@ impl CopyPayload {
     }
 }
 
+impl CopyPayload {
+    /// `buffer`'s rows of `table`.
+    pub(super) fn of(table: &TableDef, buffer: &ColumnBuffer) -> CopyPayload {
+        CopyPayload {
+            table: table.name,
+            columns: table.columns.iter().map(|c| c.name).collect(),
+            rows: buffer.rows(),
+            text: buffer.copy_text(),
+        }
+    }
+}
+
 impl Batch {
-    /// Every table's rows as COPY text, `sessions` first: what the loader's COPY path sends (and what the
-    /// benchmark's COPY floor copies).
+    /// Every table's rows as COPY text, `sessions` first, then the first versions of the history: what the
+    /// loader's COPY path sends (and what the benchmark's COPY floor copies).
     pub fn copy_payloads(&self) -> Vec<CopyPayload> {
-        Table::ALL
-            .iter()
-            .map(|&table| {
-                let buffer = self.buffer(table);
-                CopyPayload {
-                    table: table.name(),
-                    columns: table.def().columns.iter().map(|c| c.name).collect(),
-                    rows: buffer.rows(),
-                    text: buffer.copy_text(),
-                }
-            })
-            .collect()
+        let loaded = Table::ALL.iter().map(|&table| CopyPayload::of(table.def(), self.buffer(table)));
+        loaded.chain(history::first_versions(self)).collect()
     }
 }
 
@@ -268,12 +270,19 @@ async fn write_in(
                 stats.rows.insert(child.table.name(), n);
             }
         }
+        // History once every table of the batch is written, comparing the warehouse's new state with the latest
+        // versions: of the sessions written (an unchanged one has no new version) — of all the batch's in a
+        // reconcile, which so records versions that a release without history wrote since.
+        let reconciling = checkpoints.iter().any(|c| matches!(c, Checkpoint::Seen { .. }));
+        let ids: Vec<&str> = if reconciling {
+            sessions.text_column("session_id").iter().flatten().map(String::as_str).collect()
+        } else {
+            written.iter().map(|(id, _)| id.as_str()).collect()
+        };
+        let history = history::record(tx, source, batch, &ids).await?;
+        stats.rows.insert(HISTORY[0], history.sessions);
+        stats.rows.insert(HISTORY[1], history.pull_requests);
     }
-    // History after every table of the batch is written: it compares the warehouse's new state with the latest
-    // versions.
-    let history = history::record(tx, source, batch).await?;
-    stats.rows.insert("session_history", history.sessions);
-    stats.rows.insert("session_pull_request_history", history.pull_requests);
     for checkpoint in checkpoints {
         state::apply_checkpoint(tx, checkpoint).await?;
     }
@@ -297,7 +306,7 @@ pub struct ForeignSession {
 /// Which of the batch's sessions the warehouse holds already.
 #[derive(Debug, PartialEq, Eq)]
 enum Existing {
-    /// None (a backfill into an empty warehouse, new sessions): the COPY path may be used.
+    /// None, and no history of them (a backfill into an empty warehouse, new sessions): the COPY path may be used.
     None,
     Some,
     /// One is held by another source.
@@ -309,8 +318,11 @@ enum Existing {
 
 async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batch) -> anyhow::Result<Existing> {
     let ids = batch.buffer(Table::Sessions).text_column("session_id");
+    // History of a session the warehouse does not hold (its row deleted by hand) also rules the COPY path out:
+    // the merge path compares with it rather than open a second current version.
     let (any, foreign): (bool, Option<Vec<String>>) = sqlx::query_as(
-        "select exists (select 1 from sessions where session_id = any($1)),
+        "select exists (select 1 from sessions where session_id = any($1))
+                or exists (select 1 from session_history where session_id = any($1)),
                 (select array[session_id, source] from sessions where session_id = any($1) and source <> $2 limit 1)",
     )
     .bind(ids)
@@ -325,8 +337,8 @@ async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batc
     })
 }
 
-/// The fast path for sessions that do not exist yet: COPY straight into the tables, about twice as fast as
-/// `insert … select`. Nothing can conflict — unless a concurrent window inserts one of them first, which
+/// The fast path for sessions that do not exist yet: COPY straight into the tables (their first history versions
+/// included), about twice as fast as `insert … select`. Nothing can conflict — unless a concurrent window inserts one of them first, which
 /// fails the COPY with a unique violation and `write_batch` then redoes the batch with the upsert path.
 async fn copy_new_sessions(
     tx: &mut Transaction<'_, Postgres>,

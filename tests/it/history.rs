@@ -450,9 +450,10 @@ async fn a_server_clock_far_ahead_cannot_date_a_version_in_the_future() {
 }
 
 /// A warehouse synced by a release without history gets its history started by the migration: one row per live
-/// session and PR, as a first sync would have written; deleted sessions get none. Changes then flow as usual.
+/// session and PR, as a first sync would have written; deleted sessions get none. Changes then flow as usual, and
+/// versions that a release without history wrote after a rollback are caught up by the next reconcile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrading_a_warehouse_without_history_starts_it_from_the_live_sessions() {
+async fn upgrading_starts_history_from_the_live_sessions_and_a_reconcile_catches_up_after_a_rollback() {
     let app = app(None).await;
     let pool = app.store().pool().clone();
     app.syncer.run_once(Mode::Backfill).await.unwrap();
@@ -483,6 +484,32 @@ async fn upgrading_a_warehouse_without_history_starts_it_from_the_live_sessions(
     app.sim.advance(60);
     app.sim.modify(&id, |s| s.acus_consumed += 4.0);
     app.syncer.sync(None).await.unwrap();
-    assert_eq!(history(&pool).await[&id].len(), 2);
+    let versions = history(&pool).await;
+    assert_eq!(versions[&id].len(), 2);
+    assert_history_consistent(&pool).await;
+
+    // A rollback: a release without history writes the next change of the session (here: this release's write,
+    // then its history version removed again). Re-reading the unchanged session adds nothing; the next reconcile,
+    // which compares every session, records the version from its updated_at.
+    app.sim.advance(60);
+    app.sim.modify(&id, |s| s.acus_consumed += 1.0);
+    app.syncer.sync(None).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "delete from session_history where session_id = '{id}' and valid_to is null;
+         update session_history set valid_to = null
+         where session_id = '{id}' and valid_from = (select max(valid_from) from session_history where session_id = '{id}')"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(history(&pool).await, versions);
+    app.sim.advance(30);
+    app.syncer.sync(None).await.unwrap();
+    assert_eq!(history(&pool).await, versions, "an incremental run compares only the sessions it wrote");
+    app.syncer.run_once(Mode::Reconcile).await.unwrap();
+    let caught_up = history(&pool).await;
+    let session = app.sim.session(&id).unwrap();
+    assert_eq!(caught_up[&id].len(), 3);
+    assert_eq!(caught_up[&id][2], Version::of(&session, session.updated_at as f64, None));
     assert_history_consistent(&pool).await;
 }
