@@ -60,9 +60,10 @@ static RECORD_SESSION_VERSIONS: LazyLock<String> = LazyLock::new(|| {
              where session_id = any($1) and source = $2 and deleted_at is null
          ),
          last as (
-             select distinct on (session_id) * from session_history
-             where session_id in (select session_id from cur)
-             order by session_id, valid_from desc
+             -- Per session through the primary key: a join could plan a scan of the whole history.
+             select l.* from cur c cross join lateral (
+                 select * from session_history h where h.session_id = c.session_id order by h.valid_from desc limit 1
+             ) l
          ),
          changed as (
              select c.*, l.valid_from as last_from, (l.valid_from is not null and l.valid_to is null) as last_open,
@@ -91,11 +92,14 @@ static RECORD_PULL_REQUEST_VERSIONS: LazyLock<String> = LazyLock::new(|| {
          ),
          cur as (
              select p.session_id, p.pr_url, p.pr_state from session_pull_requests p join live using (session_id)
+             where p.session_id = any($1)
          ),
          last as (
-             select distinct on (session_id, pr_url) * from session_pull_request_history
-             where session_id in (select session_id from live)
-             order by session_id, pr_url, valid_from desc
+             -- Per session through the primary key, as above.
+             select l.* from live s cross join lateral (
+                 select distinct on (h.pr_url) * from session_pull_request_history h
+                 where h.session_id = s.session_id order by h.pr_url, h.valid_from desc
+             ) l
          ),
          changed as (
              select coalesce(c.session_id, l.session_id) as session_id, coalesce(c.pr_url, l.pr_url) as pr_url,

@@ -306,7 +306,7 @@ pub struct ForeignSession {
 /// Which of the batch's sessions the warehouse holds already.
 #[derive(Debug, PartialEq, Eq)]
 enum Existing {
-    /// None, and no history of them (a backfill into an empty warehouse, new sessions): the COPY path may be used.
+    /// None (a backfill into an empty warehouse, new sessions): the COPY path may be used.
     None,
     Some,
     /// One is held by another source.
@@ -318,11 +318,8 @@ enum Existing {
 
 async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batch) -> anyhow::Result<Existing> {
     let ids = batch.buffer(Table::Sessions).text_column("session_id");
-    // History of a session the warehouse does not hold (its row deleted by hand) also rules the COPY path out:
-    // the merge path compares with it rather than open a second current version.
     let (any, foreign): (bool, Option<Vec<String>>) = sqlx::query_as(
-        "select exists (select 1 from sessions where session_id = any($1))
-                or exists (select 1 from session_history where session_id = any($1)),
+        "select exists (select 1 from sessions where session_id = any($1)),
                 (select array[session_id, source] from sessions where session_id = any($1) and source <> $2 limit 1)",
     )
     .bind(ids)
