@@ -77,6 +77,7 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
 
     print_report(&syncer, &[("backfill", &backfill), ("incremental", &incremental), ("no-op incremental", &idle)])
         .await?;
+    print_history(&syncer).await?;
     server.shutdown().await;
     Ok(())
 }
@@ -195,5 +196,46 @@ async fn print_report(syncer: &Syncer, runs: &[(&str, &RunOutcome)]) -> anyhow::
             o.duration.as_secs_f64()
         );
     }
+    Ok(())
+}
+
+/// What the history views say about the simulated week: the questions of `docs/queries.md`, section 6.
+async fn print_history(syncer: &Syncer) -> anyhow::Result<()> {
+    let pool = syncer.store().pool();
+    let (waited, median_wait): (i64, Option<f64>) = sqlx::query_as(
+        "select count(*), percentile_cont(0.5) within group (order by hours)
+         from (select session_id, sum(hours) as hours from v_session_status_time
+               where status = 'running' and status_detail in ('waiting_for_user', 'waiting_for_approval')
+               group by session_id) w",
+    )
+    .fetch_one(pool)
+    .await
+    .context("asking v_session_status_time")?;
+    let (merged, median_days): (i64, Option<f64>) = sqlx::query_as(
+        "select count(*), percentile_cont(0.5) within group (order by days_to_merge)
+         from v_pull_request_lifecycle where merge_observed",
+    )
+    .fetch_one(pool)
+    .await
+    .context("asking v_pull_request_lifecycle")?;
+    let (burned, created): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select (select sum(acus) from v_acus_burned_daily where day >= current_date - 6),
+                (select sum(acus) from v_daily_usage where day >= current_date - 6)",
+    )
+    .fetch_one(pool)
+    .await
+    .context("asking v_acus_burned_daily")?;
+    let hours = |h: Option<f64>| h.map_or("-".to_owned(), |h| format!("{h:.1} h"));
+    println!("\nhistory (the simulated week; docs/queries.md, section 6):");
+    println!("  sessions seen waiting for a person: {waited}, median wait {}", hours(median_wait));
+    println!(
+        "  PRs seen going from open to merged: {merged}, median {} days from the session's start",
+        median_days.map_or("-".to_owned(), |d| format!("{d:.1}"))
+    );
+    println!(
+        "  ACUs burned in the last 7 days: {:.1} (spread over the days they were burned; {:.1} by the day sessions were created)",
+        burned.unwrap_or_default(),
+        created.unwrap_or_default()
+    );
     Ok(())
 }
