@@ -268,6 +268,32 @@ impl ColumnBuffer {
     }
 }
 
+/// One table's rows of a batch in PostgreSQL's COPY text format, with the columns they follow.
+#[derive(Debug)]
+pub struct CopyPayload {
+    pub table: &'static str,
+    pub columns: Vec<&'static str>,
+    pub rows: usize,
+    pub text: Vec<u8>,
+}
+
+impl CopyPayload {
+    /// `buffer`'s rows of `table`.
+    pub(super) fn of(table: &TableDef, buffer: &ColumnBuffer) -> CopyPayload {
+        CopyPayload {
+            table: table.name,
+            columns: table.columns.iter().map(|c| c.name).collect(),
+            rows: buffer.rows(),
+            text: buffer.copy_text(),
+        }
+    }
+
+    /// `copy {qualifier}{table} (cols) from stdin`.
+    pub fn statement(&self, qualifier: &str) -> String {
+        format!("copy {qualifier}{} ({}) from stdin", self.table, self.columns.join(", "))
+    }
+}
+
 /// PostgreSQL text cannot hold NUL; keep the row rather than fail the page.
 fn without_nul(value: &str) -> String {
     if value.contains('\0') { value.replace('\0', "\u{FFFD}") } else { value.to_owned() }

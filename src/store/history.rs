@@ -23,8 +23,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::Store;
 use super::catalogue::{PULL_REQUEST_HISTORY, SESSION_HISTORY, Table};
-use super::columns::ColumnBuffer;
-use super::load::CopyPayload;
+use super::columns::{ColumnBuffer, CopyPayload};
 use super::rows::Batch;
 
 /// The tracked attributes of a session version, in `session_history`'s column order.

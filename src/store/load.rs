@@ -20,7 +20,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use super::Store;
 use super::catalogue::{ColumnDef, HISTORY, Table, TableDef};
 use super::checkpoint::{Checkpoint, WriteStats};
-use super::columns::{Column, ColumnBuffer};
+use super::columns::{Column, ColumnBuffer, CopyPayload};
 use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
 use super::history;
 use super::rows::Batch;
@@ -65,34 +65,6 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
         set = set.join(", "),
     )
 });
-
-/// One table's rows of a batch in PostgreSQL's COPY text format, with the columns they follow.
-#[derive(Debug)]
-pub struct CopyPayload {
-    pub table: &'static str,
-    pub columns: Vec<&'static str>,
-    pub rows: usize,
-    pub text: Vec<u8>,
-}
-
-impl CopyPayload {
-    /// `copy {qualifier}{table} (cols) from stdin`.
-    pub fn statement(&self, qualifier: &str) -> String {
-        format!("copy {qualifier}{} ({}) from stdin", self.table, self.columns.join(", "))
-    }
-}
-
-impl CopyPayload {
-    /// `buffer`'s rows of `table`.
-    pub(super) fn of(table: &TableDef, buffer: &ColumnBuffer) -> CopyPayload {
-        CopyPayload {
-            table: table.name,
-            columns: table.columns.iter().map(|c| c.name).collect(),
-            rows: buffer.rows(),
-            text: buffer.copy_text(),
-        }
-    }
-}
 
 impl Batch {
     /// Every table's rows as COPY text, `sessions` first, then the first versions of the history: what the

@@ -25,8 +25,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
+pub use columns::CopyPayload;
 pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
-pub use load::{CopyPayload, copy_in};
+pub use load::copy_in;
 pub use lock::{Fence, SourceLock};
 pub use rows::*;
 pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
