@@ -41,7 +41,13 @@ pub async fn run(mut settings: Settings, sessions: usize, allow_any_database: bo
     let started = Instant::now();
     // The simulated API starts a week ago; the demo then lives through that week in seconds (see `live_a_week`).
     let week_ago = chrono::Utc::now().timestamp() - DEMO_DAYS * DAY;
-    let sim = Simulator::new(SimulatorConfig { sessions, start_time: Some(week_ago), ..SimulatorConfig::default() });
+    // Sessions of the last 90 days, so ages in the history's answers look like a live enterprise's.
+    let sim = Simulator::new(SimulatorConfig {
+        sessions,
+        start_time: Some(week_ago),
+        history_days: 90,
+        ..SimulatorConfig::default()
+    });
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     println!(
         "simulator: {} sessions at {} (generated in {:.2} s)",
@@ -100,7 +106,7 @@ async fn live_a_week(sim: &Simulator, syncer: &Syncer, sessions: usize) -> anyho
     let mut week = Week { syncs: 0, updated: 0, created: 0 };
     for _ in 0..DEMO_DAYS * 24 / TICK_HOURS {
         sim.advance(TICK_HOURS * 3_600);
-        week.updated += sim.update_some((sessions / 200).max(1)).len();
+        week.updated += sim.update_some((sessions / 50).max(1)).len();
         week.created += sim.create((sessions / 800).max(1)).len();
         syncer.sync(None).await?;
         week.syncs += 1;
@@ -172,9 +178,9 @@ fn ensure_server(settings: &Settings) -> anyhow::Result<Option<LocalCluster>> {
 }
 
 async fn print_report(syncer: &Syncer, runs: &[(&str, &RunOutcome)]) -> anyhow::Result<()> {
-    println!("{:<26} {:>10}", "table", "rows");
+    println!("{:<30} {:>10}", "table", "rows");
     for (table, count) in syncer.store().table_counts().await? {
-        println!("{table:<26} {count:>10}");
+        println!("{table:<30} {count:>10}");
     }
     let watermark = syncer.store().watermark(&syncer.settings().sync.source).await?;
     let watermark =
@@ -202,17 +208,19 @@ async fn print_report(syncer: &Syncer, runs: &[(&str, &RunOutcome)]) -> anyhow::
 /// What the history views say about the simulated week: the questions of `docs/queries.md`, section 6.
 async fn print_history(syncer: &Syncer) -> anyhow::Result<()> {
     let pool = syncer.store().pool();
-    let (waited, median_wait): (i64, Option<f64>) = sqlx::query_as(
+    // Waits that began and ended while the demo watched (earlier ones started before history did).
+    let (waits, median_wait): (i64, Option<f64>) = sqlx::query_as(
         "select count(*), percentile_cont(0.5) within group (order by hours)
-         from (select session_id, sum(hours) as hours from v_session_status_time
-               where status = 'running' and status_detail in ('waiting_for_user', 'waiting_for_approval')
-               group by session_id) w",
+         from v_session_status_periods
+         where status = 'running' and status_detail in ('waiting_for_user', 'waiting_for_approval')
+           and ended_at is not null and started_at >= now() - interval '8 days'",
     )
     .fetch_one(pool)
     .await
-    .context("asking v_session_status_time")?;
-    let (merged, median_days): (i64, Option<f64>) = sqlx::query_as(
-        "select count(*), percentile_cont(0.5) within group (order by days_to_merge)
+    .context("asking v_session_status_periods")?;
+    let (merged, median_days, median_open_hours): (i64, Option<f64>, Option<f64>) = sqlx::query_as(
+        "select count(*), percentile_cont(0.5) within group (order by days_to_merge),
+                percentile_cont(0.5) within group (order by extract(epoch from first_merged_at - first_open_at) / 3600)
          from v_pull_request_lifecycle where merge_observed",
     )
     .fetch_one(pool)
@@ -227,10 +235,12 @@ async fn print_history(syncer: &Syncer) -> anyhow::Result<()> {
     .context("asking v_acus_burned_daily")?;
     let hours = |h: Option<f64>| h.map_or("-".to_owned(), |h| format!("{h:.1} h"));
     println!("\nhistory (the simulated week; docs/queries.md, section 6):");
-    println!("  sessions seen waiting for a person: {waited}, median wait {}", hours(median_wait));
+    println!("  waits for a person that began and ended this week: {waits}, median {}", hours(median_wait));
     println!(
-        "  PRs seen going from open to merged: {merged}, median {} days from the session's start",
-        median_days.map_or("-".to_owned(), |d| format!("{d:.1}"))
+        "  PRs seen going from open to merged: {merged}, median {} days from the session's start ({} after first \
+         seen open)",
+        median_days.map_or("-".to_owned(), |d| format!("{d:.1}")),
+        hours(median_open_hours)
     );
     println!(
         "  ACUs burned in the last 7 days: {:.1} (spread over the days they were burned; {:.1} by the day sessions were created)",
