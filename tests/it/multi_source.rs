@@ -6,7 +6,6 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use common::{TestDb, assert_source_matches_where, test_settings, unique_name};
 use devin_etl::settings::SourceSettings;
 use devin_etl::store::Store;
 use devin_etl::telemetry::metric;
-use devin_sim::{Fault, RunningSimulator, Simulator, SimulatorConfig};
+use devin_sim::{Fault, RunningSimulator, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -28,14 +27,7 @@ struct Upstream {
 }
 
 async fn upstream(name: &'static str, seed: u64, sessions: usize) -> Upstream {
-    let sim = Simulator::new(SimulatorConfig {
-        sessions,
-        seed,
-        token: format!("cog_token_of_{name}"),
-        manual_clock: true,
-        ..SimulatorConfig::default()
-    });
-    let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let (sim, server) = common::enterprise_api(name, seed, sessions).await;
     Upstream { name, sim, server }
 }
 

@@ -6,11 +6,10 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 use common::{TestDb, assert_source_matches_where, build_syncer, test_settings};
 use devin_etl::sync::{Mode, Syncer};
-use devin_sim::{RunningSimulator, Simulator, SimulatorConfig};
+use devin_sim::{RunningSimulator, Simulator};
 
 struct Source {
     name: &'static str,
@@ -20,14 +19,7 @@ struct Source {
 }
 
 async fn source(db: &TestDb, name: &'static str, seed: u64, sessions: usize) -> Source {
-    let sim = Simulator::new(SimulatorConfig {
-        sessions,
-        seed,
-        token: format!("cog_token_of_{name}"),
-        manual_clock: true,
-        ..SimulatorConfig::default()
-    });
-    let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let (sim, server) = common::enterprise_api(name, seed, sessions).await;
     let mut settings = test_settings(&db.url, &server.base_url(), sim.token());
     settings.sync.source = name.to_owned();
     settings.api.page_size = 20;

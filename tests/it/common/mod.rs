@@ -86,6 +86,20 @@ impl Drop for TestDb {
     }
 }
 
+/// The simulated API of one enterprise `name` (its own data by `seed`, token `cog_token_of_{name}`, manual clock),
+/// served on a free port.
+pub async fn enterprise_api(name: &str, seed: u64, sessions: usize) -> (Simulator, RunningSimulator) {
+    let sim = Simulator::new(SimulatorConfig {
+        sessions,
+        seed,
+        token: format!("cog_token_of_{name}"),
+        manual_clock: true,
+        ..SimulatorConfig::default()
+    });
+    let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    (sim, server)
+}
+
 /// A migrated, empty warehouse in a fresh database of its own (no API behind it).
 pub async fn migrated_warehouse() -> (TestDb, Store) {
     let db = TestDb::create().await;
