@@ -3,7 +3,7 @@
 //! sessions, after them.
 //!
 //! Sessions new to the warehouse (the backfill's COPY path) get their first versions COPYed with them
-//! ([`first_versions`]). Otherwise [`record`]'s statements compare the warehouse's current state of the sessions
+//! ([`first_versions`]). Otherwise [`record`]'s statement compares the warehouse's current state of the sessions
 //! the merge wrote with their latest history rows and write only differences, so re-reading an unchanged session
 //! adds nothing (and costs nothing). A reconcile compares every session it reads, so versions that a release
 //! without history wrote (a rollback) are caught up by the next reconcile.
@@ -49,79 +49,77 @@ fn new_version_start(l: &str, updated_at: &str) -> String {
     )
 }
 
-static RECORD_SESSION_VERSIONS: LazyLock<String> = LazyLock::new(|| {
+/// One statement for both tables (one plan, one lookup of the sessions): `live` is the sessions' current state;
+/// `last` and `pr_last` their latest versions, per session through the primary keys (a join could plan a scan of
+/// the whole history); `changed` and `pr_changed` what differs, with when it starts. Old versions are closed and
+/// new ones inserted at the same instant. Returns the new versions of each table.
+static RECORD_VERSIONS: LazyLock<String> = LazyLock::new(|| {
     let cur_cols = TRACKED.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
     let last_cols = TRACKED.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
     format!(
         "with {observed},
-         cur as (
+         live as (
              select session_id, updated_at, {TRACKED} from sessions
              where session_id = any($1) and source = $2 and deleted_at is null
          ),
          last as (
-             -- Per session through the primary key: a join could plan a scan of the whole history.
-             select l.* from cur c cross join lateral (
+             select l.* from live c cross join lateral (
                  select * from session_history h where h.session_id = c.session_id order by h.valid_from desc limit 1
              ) l
          ),
          changed as (
              select c.*, l.valid_from as last_from, (l.valid_from is not null and l.valid_to is null) as last_open,
                     {start} as at
-             from cur c cross join observed o left join last l using (session_id)
+             from live c cross join observed o left join last l using (session_id)
              where l.valid_from is null or l.valid_to is not null or ({cur_cols}) is distinct from ({last_cols})
          ),
          closed as (
              update session_history h set valid_to = c.at
              from changed c
              where c.last_open and h.session_id = c.session_id and h.valid_from = c.last_from
-         )
-         insert into session_history (session_id, valid_from, {TRACKED})
-         select session_id, at, {TRACKED} from changed",
-        observed = observed_cte(),
-        start = new_version_start("l", "c.updated_at"),
-    )
-});
-
-static RECORD_PULL_REQUEST_VERSIONS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "with {observed},
-         live as (
-             select session_id, updated_at from sessions
-             where session_id = any($1) and source = $2 and deleted_at is null
          ),
-         cur as (
+         inserted as (
+             insert into session_history (session_id, valid_from, {TRACKED})
+             select session_id, at, {TRACKED} from changed
+             returning 1
+         ),
+         pr_cur as (
              select p.session_id, p.pr_url, p.pr_state from session_pull_requests p join live using (session_id)
              where p.session_id = any($1)
          ),
-         last as (
-             -- Per session through the primary key, as above.
+         pr_last as (
              select l.* from live s cross join lateral (
                  select distinct on (h.pr_url) * from session_pull_request_history h
                  where h.session_id = s.session_id order by h.pr_url, h.valid_from desc
              ) l
          ),
-         changed as (
+         pr_changed as (
              select coalesce(c.session_id, l.session_id) as session_id, coalesce(c.pr_url, l.pr_url) as pr_url,
                     c.session_id is not null as present, c.pr_state,
                     l.valid_from as last_from, (l.valid_from is not null and l.valid_to is null) as last_open,
-                    {start} as at
-             from cur c
-             full join last l on l.session_id = c.session_id and l.pr_url = c.pr_url
+                    {pr_start} as at
+             from pr_cur c
+             full join pr_last l on l.session_id = c.session_id and l.pr_url = c.pr_url
              join live s on s.session_id = coalesce(c.session_id, l.session_id)
              cross join observed o
              where (c.session_id is not null
                     and (l.valid_from is null or l.valid_to is not null or c.pr_state is distinct from l.pr_state))
                 or (c.session_id is null and l.valid_to is null)
          ),
-         closed as (
+         pr_closed as (
              update session_pull_request_history h set valid_to = c.at
-             from changed c
+             from pr_changed c
              where c.last_open and h.session_id = c.session_id and h.pr_url = c.pr_url and h.valid_from = c.last_from
+         ),
+         pr_inserted as (
+             insert into session_pull_request_history (session_id, pr_url, valid_from, pr_state)
+             select session_id, pr_url, at, pr_state from pr_changed where present
+             returning 1
          )
-         insert into session_pull_request_history (session_id, pr_url, valid_from, pr_state)
-         select session_id, pr_url, at, pr_state from changed where present",
+         select (select count(*) from inserted), (select count(*) from pr_inserted)",
         observed = observed_cte(),
-        start = new_version_start("l", "s.updated_at"),
+        start = new_version_start("l", "c.updated_at"),
+        pr_start = new_version_start("l", "s.updated_at"),
     )
 });
 
@@ -143,22 +141,15 @@ pub(super) async fn record(
     if ids.is_empty() {
         return Ok(writes);
     }
-    writes.sessions = sqlx::query(RECORD_SESSION_VERSIONS.as_str())
+    let (sessions, pull_requests): (i64, i64) = sqlx::query_as(RECORD_VERSIONS.as_str())
         .bind(ids)
         .bind(source)
         .bind(batch.observed_at)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await
-        .context("recording session history")?
-        .rows_affected();
-    writes.pull_requests = sqlx::query(RECORD_PULL_REQUEST_VERSIONS.as_str())
-        .bind(ids)
-        .bind(source)
-        .bind(batch.observed_at)
-        .execute(&mut **tx)
-        .await
-        .context("recording pull request history")?
-        .rows_affected();
+        .context("recording session and pull request history")?;
+    writes.sessions = sessions as u64;
+    writes.pull_requests = pull_requests as u64;
     Ok(writes)
 }
 
