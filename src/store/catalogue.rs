@@ -137,23 +137,18 @@ const COUNTED: usize = Table::ALL.len() + HISTORY.len() + BOOKKEEPING.len();
 
 /// The tables whose rows `status` and `demo` count: the session tables, their history, then the bookkeeping.
 pub const COUNTED_TABLES: [&str; COUNTED] = {
+    let (loaded, history) = (Table::ALL.len(), HISTORY.len());
     let mut names = [""; COUNTED];
     let mut i = 0;
-    while i < Table::ALL.len() {
-        names[i] = Table::ALL[i].name();
+    while i < COUNTED {
+        names[i] = if i < loaded {
+            Table::ALL[i].name()
+        } else if i < loaded + history {
+            HISTORY[i - loaded]
+        } else {
+            BOOKKEEPING[i - loaded - history]
+        };
         i += 1;
-    }
-    let mut j = 0;
-    while j < HISTORY.len() {
-        names[i] = HISTORY[j];
-        i += 1;
-        j += 1;
-    }
-    j = 0;
-    while j < BOOKKEEPING.len() {
-        names[i] = BOOKKEEPING[j];
-        i += 1;
-        j += 1;
     }
     names
 };

@@ -183,9 +183,14 @@ impl ColumnBuffer {
         self.rows += 1;
     }
 
+    /// The column `name`'s values, if the table has it.
+    fn named(&self, name: &str) -> Option<&Column> {
+        self.table.position(name).map(|i| &self.columns[i])
+    }
+
     /// The values of the text column `name` (empty if the table has no such text column).
     pub(super) fn text_column(&self, name: &str) -> &[Option<String>] {
-        match self.table.position(name).map(|i| &self.columns[i]) {
+        match self.named(name) {
             Some(Column::Text(values)) => values,
             _ => &[],
         }
@@ -193,7 +198,7 @@ impl ColumnBuffer {
 
     /// The values of the integer column `name` (empty if the table has no such integer column).
     pub(super) fn int_column(&self, name: &str) -> &[Option<i64>] {
-        match self.table.position(name).map(|i| &self.columns[i]) {
+        match self.named(name) {
             Some(Column::Int(values)) => values,
             _ => &[],
         }
@@ -201,7 +206,7 @@ impl ColumnBuffer {
 
     /// The values of the float column `name` (empty if the table has no such float column).
     pub(super) fn float_column(&self, name: &str) -> &[Option<f64>] {
-        match self.table.position(name).map(|i| &self.columns[i]) {
+        match self.named(name) {
             Some(Column::Float(values)) => values,
             _ => &[],
         }
@@ -209,7 +214,7 @@ impl ColumnBuffer {
 
     /// The values of the boolean column `name` (empty if the table has no such boolean column).
     pub(super) fn bool_column(&self, name: &str) -> &[bool] {
-        match self.table.position(name).map(|i| &self.columns[i]) {
+        match self.named(name) {
             Some(Column::Bool(values)) => values,
             _ => &[],
         }

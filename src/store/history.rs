@@ -4,7 +4,7 @@
 //!
 //! Sessions new to the warehouse (the backfill's COPY path) get their first versions COPYed with them
 //! ([`first_versions`]). Otherwise [`record`]'s statement compares the warehouse's current state of the sessions
-//! the merge wrote with their latest history rows and write only differences, so re-reading an unchanged session
+//! the merge wrote with their latest history rows and writes only differences, so re-reading an unchanged session
 //! adds nothing (and costs nothing). A reconcile compares every session it reads, so versions that a release
 //! without history wrote (a rollback) are caught up by the next reconcile.
 //!
@@ -22,12 +22,9 @@ use anyhow::Context as _;
 use sqlx::{Postgres, Transaction};
 
 use super::Store;
-use super::catalogue::{PULL_REQUEST_HISTORY, SESSION_HISTORY, Table};
+use super::catalogue::{HISTORY, PULL_REQUEST_HISTORY, SESSION_HISTORY, Table};
 use super::columns::{ColumnBuffer, CopyPayload};
 use super::rows::Batch;
-
-/// The tracked attributes of a session version, in `session_history`'s column order.
-const TRACKED: &str = "status, status_detail, acus_consumed, category, has_analysis, is_archived";
 
 /// When the batch was observed: the API's time, but never more than this ahead of the database's — one node with
 /// a clock far ahead must not date a version in the future, where every later version would have to follow it.
@@ -54,12 +51,16 @@ fn new_version_start(l: &str, updated_at: &str) -> String {
 /// the whole history); `changed` and `pr_changed` what differs, with when it starts. Old versions are closed and
 /// new ones inserted at the same instant. Returns the new versions of each table.
 static RECORD_VERSIONS: LazyLock<String> = LazyLock::new(|| {
-    let cur_cols = TRACKED.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
-    let last_cols = TRACKED.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
+    // The tracked attributes: `session_history`'s columns after `session_id` and `valid_from`, as the catalogue
+    // declares them (the backfill's first versions are staged from the same list).
+    let columns: Vec<&str> = SESSION_HISTORY.columns[2..].iter().map(|c| c.name).collect();
+    let tracked = columns.join(", ");
+    let cur_cols = columns.iter().map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+    let last_cols = columns.iter().map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
     format!(
         "with {observed},
          live as (
-             select session_id, updated_at, {TRACKED} from sessions
+             select session_id, updated_at, {tracked} from sessions
              where session_id = any($1) and source = $2 and deleted_at is null
          ),
          last as (
@@ -79,8 +80,8 @@ static RECORD_VERSIONS: LazyLock<String> = LazyLock::new(|| {
              where c.last_open and h.session_id = c.session_id and h.valid_from = c.last_from
          ),
          inserted as (
-             insert into session_history (session_id, valid_from, {TRACKED})
-             select session_id, at, {TRACKED} from changed
+             insert into session_history (session_id, valid_from, {tracked})
+             select session_id, at, {tracked} from changed
              returning 1
          ),
          pr_cur as (
@@ -137,9 +138,8 @@ pub(super) async fn record(
     batch: &Batch,
     ids: &[&str],
 ) -> anyhow::Result<HistoryWrites> {
-    let mut writes = HistoryWrites::default();
     if ids.is_empty() {
-        return Ok(writes);
+        return Ok(HistoryWrites::default());
     }
     let (sessions, pull_requests): (i64, i64) = sqlx::query_as(RECORD_VERSIONS.as_str())
         .bind(ids)
@@ -148,9 +148,7 @@ pub(super) async fn record(
         .fetch_one(&mut **tx)
         .await
         .context("recording session and pull request history")?;
-    writes.sessions = sessions as u64;
-    writes.pull_requests = pull_requests as u64;
-    Ok(writes)
+    Ok(HistoryWrites { sessions: sessions as u64, pull_requests: pull_requests as u64 })
 }
 
 /// The first versions of the batch's sessions and of their pull requests, as COPY text: what [`record`] would
@@ -215,7 +213,7 @@ impl Store {
         self.bounded("pruning history", async {
             let mut tx = self.begin().await?;
             let mut pruned = 0;
-            for table in ["session_history", "session_pull_request_history"] {
+            for table in HISTORY {
                 pruned += sqlx::query(&format!(
                     "delete from {table} where valid_to is not null and valid_to < now() - make_interval(secs => $1)"
                 ))

@@ -210,12 +210,12 @@ async fn write_in(
         }
         stats.sessions_written = written.len() as u64;
         stats.rows.insert("sessions", written.len() as u64);
+        let written_ids: Vec<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
         // Children only when some session changed: a re-read of unchanged data writes nothing.
         if !written.is_empty() {
             let all_written = written.len() == sessions.rows();
             let updated: Vec<&str> =
                 written.iter().filter(|(_, inserted)| !inserted).map(|(id, _)| id.as_str()).collect();
-            let ids: Vec<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
             for child in CHILD_STATEMENTS.iter() {
                 // A newly inserted session has no child rows yet; only updated ones need theirs cleared.
                 if !updated.is_empty() {
@@ -231,7 +231,7 @@ async fn write_in(
                     let insert = if all_written {
                         bind_columns(sqlx::query(child.insert_all.as_str()), buffer)
                     } else {
-                        bind_columns(sqlx::query(child.insert_written.as_str()), buffer).bind(&ids)
+                        bind_columns(sqlx::query(child.insert_written.as_str()), buffer).bind(&written_ids)
                     };
                     n = insert
                         .execute(&mut **tx)
@@ -246,12 +246,12 @@ async fn write_in(
         // versions: of the sessions written (an unchanged one has no new version) — of all the batch's in a
         // reconcile, which so records versions that a release without history wrote since.
         let reconciling = checkpoints.iter().any(|c| matches!(c, Checkpoint::Seen { .. }));
-        let ids: Vec<&str> = if reconciling {
-            sessions.text_column("session_id").iter().flatten().map(String::as_str).collect()
+        let history = if reconciling {
+            let all: Vec<&str> = sessions.text_column("session_id").iter().flatten().map(String::as_str).collect();
+            history::record(tx, source, batch, &all).await?
         } else {
-            written.iter().map(|(id, _)| id.as_str()).collect()
+            history::record(tx, source, batch, &written_ids).await?
         };
-        let history = history::record(tx, source, batch, &ids).await?;
         stats.rows.insert(HISTORY[0], history.sessions);
         stats.rows.insert(HISTORY[1], history.pull_requests);
     }
@@ -307,8 +307,9 @@ async fn existing(tx: &mut Transaction<'_, Postgres>, source: &str, batch: &Batc
 }
 
 /// The fast path for sessions that do not exist yet: COPY straight into the tables (their first history versions
-/// included), about twice as fast as `insert … select`. Nothing can conflict — unless a concurrent window inserts one of them first, which
-/// fails the COPY with a unique violation and `write_batch` then redoes the batch with the upsert path.
+/// included), about twice as fast as `insert … select`. Nothing can conflict — unless a concurrent window inserts
+/// one of them first, which fails the COPY with a unique violation and `write_batch` then redoes the batch with the
+/// upsert path.
 async fn copy_new_sessions(
     tx: &mut Transaction<'_, Postgres>,
     batch: &Batch,
