@@ -163,9 +163,16 @@ fn render_source(s: &Status) -> String {
 }
 
 fn render_tables(tables: &[TableCount]) -> String {
-    let mut out = format!("\n{:<26} {:>10}\n", "table", "rows");
-    for t in tables {
-        out.push_str(&format!("{:<26} {:>10}\n", t.table, t.rows));
+    let counts: Vec<(&str, i64)> = tables.iter().map(|t| (t.table, t.rows)).collect();
+    format!("\n{}", render_counts(&counts))
+}
+
+/// Rows per table as a two-column table, the names' column as wide as the longest name (`status` and `demo`).
+pub fn render_counts(counts: &[(&str, i64)]) -> String {
+    let width = counts.iter().map(|(table, _)| table.len()).max().unwrap_or_default().max("table".len());
+    let mut out = format!("{:<width$} {:>10}\n", "table", "rows");
+    for (table, rows) in counts {
+        out.push_str(&format!("{table:<width$} {rows:>10}\n"));
     }
     out
 }

@@ -178,10 +178,7 @@ fn ensure_server(settings: &Settings) -> anyhow::Result<Option<LocalCluster>> {
 }
 
 async fn print_report(syncer: &Syncer, runs: &[(&str, &RunOutcome)]) -> anyhow::Result<()> {
-    println!("{:<30} {:>10}", "table", "rows");
-    for (table, count) in syncer.store().table_counts().await? {
-        println!("{table:<30} {count:>10}");
-    }
+    print!("{}", crate::status::render_counts(&syncer.store().table_counts().await?));
     let watermark = syncer.store().watermark(&syncer.settings().sync.source).await?;
     let watermark =
         watermark.and_then(|w| chrono::DateTime::from_timestamp(w, 0)).map_or("none".to_owned(), |t| t.to_rfc3339());
