@@ -780,39 +780,21 @@ mod tests {
 
     #[test]
     fn file_values_are_validated_with_the_key_named() {
-        let dir = std::env::temp_dir().join(format!("devin-etl-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bad.toml");
         for (body, key) in [
             ("[api]\npage_size = 500\n", "api.page_size"),
             ("[sync]\nlookback = \"ten minutes\"\n", "sync.lookback"),
             ("[database]\nschema = \"Bad-Name\"\n", "database.schema"),
         ] {
-            std::fs::write(&path, body).unwrap();
-            let err = Settings::load_with_env(Some(&path), no_env).unwrap_err().to_string();
+            let err = load_toml(body).unwrap_err().to_string();
             assert!(err.starts_with(key), "{err}");
         }
-        std::fs::write(&path, "[api]\npage_sise = 5\n").unwrap();
-        let err = Settings::load_with_env(Some(&path), no_env).unwrap_err().to_string();
+        let err = load_toml("[api]\npage_sise = 5\n").unwrap_err().to_string();
         assert!(err.contains("page_sise"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Loads the defaults plus `body` as a config file (a file of its own per call).
     fn load_toml(body: &str) -> Result<Settings, ConfigError> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "devin-etl-cfg-unusable-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("settings.toml");
-        std::fs::write(&path, body).unwrap();
-        let result = Settings::load_with_env(Some(&path), no_env);
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
+        Settings::load_with_env(Some(&TempConfig::new(body).path()), no_env)
     }
 
     #[test]
@@ -847,7 +829,7 @@ mod tests {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
             let dir = std::env::temp_dir().join(format!(
-                "devin-etl-cfg-sources-{}-{}",
+                "devin-etl-cfg-{}-{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ));
