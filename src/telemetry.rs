@@ -28,6 +28,11 @@ pub mod metric {
     pub const RUNS_FENCED: &str = "devin_etl_runs_fenced_total";
     pub const TICKS_SKIPPED: &str = "devin_etl_ticks_skipped_total";
     pub const HISTORY_PRUNED: &str = "devin_etl_history_pruned_rows_total";
+    pub const SCHEMA_DRIFT_ITEMS: &str = "devin_etl_schema_drift_items_total";
+    pub const SCHEMA_DRIFT_NEW: &str = "devin_etl_schema_drift_new_total";
+    pub const RECONCILE_REFUSED: &str = "devin_etl_reconcile_refused_total";
+    pub const ALERTS_SENT: &str = "devin_etl_alerts_sent_total";
+    pub const ALERT_DELIVERY_FAILURES: &str = "devin_etl_alert_delivery_failures_total";
 
     /// Every metric.
     pub const ALL: &[&str] = &[
@@ -46,11 +51,27 @@ pub mod metric {
         RUNS_FENCED,
         TICKS_SKIPPED,
         HISTORY_PRUNED,
+        SCHEMA_DRIFT_ITEMS,
+        SCHEMA_DRIFT_NEW,
+        RECONCILE_REFUSED,
+        ALERTS_SENT,
+        ALERT_DELIVERY_FAILURES,
     ];
 
     /// The metrics that appear only after an event a healthy single run does not cause (a clock anomaly, a lost
-    /// lock, a tick another replica ran, a prune of the history).
-    pub const ONLY_AFTER_AN_EVENT: &[&str] = &[CLOCK_ANOMALIES, LOCK_LOST, RUNS_FENCED, TICKS_SKIPPED, HISTORY_PRUNED];
+    /// lock, a tick another replica ran, a prune of the history, schema drift, a refused reconcile, an alert).
+    pub const ONLY_AFTER_AN_EVENT: &[&str] = &[
+        CLOCK_ANOMALIES,
+        LOCK_LOST,
+        RUNS_FENCED,
+        TICKS_SKIPPED,
+        HISTORY_PRUNED,
+        SCHEMA_DRIFT_ITEMS,
+        SCHEMA_DRIFT_NEW,
+        RECONCILE_REFUSED,
+        ALERTS_SENT,
+        ALERT_DELIVERY_FAILURES,
+    ];
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
@@ -160,6 +181,33 @@ fn describe_metrics() {
         metric::HISTORY_PRUNED,
         Unit::Count,
         "Closed rows of session_history and session_pull_request_history deleted as older than history.retention."
+    );
+    describe_counter!(
+        metric::SCHEMA_DRIFT_ITEMS,
+        Unit::Count,
+        "API items that carried schema drift (a field, enum value or JSON type the models do not know), by source \
+         and kind (unknown_field, unknown_enum_value, type_changed); an item with several counts once per kind."
+    );
+    describe_counter!(
+        metric::SCHEMA_DRIFT_NEW,
+        Unit::Count,
+        "Schema drift entries seen for the first time (new rows of schema_drift), by source and kind."
+    );
+    describe_counter!(
+        metric::RECONCILE_REFUSED,
+        Unit::Count,
+        "Reconcile runs that refused to mark sessions deleted because too many had vanished (the mass-delete \
+         guard), by source."
+    );
+    describe_counter!(
+        metric::ALERTS_SENT,
+        Unit::Count,
+        "Webhook alert notifications the receiver accepted, by kind and state (firing, resolved)."
+    );
+    describe_counter!(
+        metric::ALERT_DELIVERY_FAILURES,
+        Unit::Count,
+        "Webhook alert deliveries that failed and will be retried with backoff."
     );
     // Series without a source label, so that the HELP and TYPE lines are there before anything ran; each source's
     // own zero series come with `announce_sources`.

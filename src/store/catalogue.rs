@@ -127,7 +127,7 @@ impl Table {
 }
 
 /// The run bookkeeping tables that `status` and `demo` count after the session tables.
-const BOOKKEEPING: [&str; 2] = ["sync_state", "sync_runs"];
+const BOOKKEEPING: [&str; 4] = ["sync_state", "sync_runs", "schema_drift", "alerts"];
 
 /// The history tables (`history.rs`): derived from the loaded tables, COPYed with a backfill's new sessions.
 pub const HISTORY_DEFS: [&TableDef; 2] = [&SESSION_HISTORY, &PULL_REQUEST_HISTORY];
@@ -330,6 +330,8 @@ mod tests {
                 "session_pull_request_history",
                 "sync_state",
                 "sync_runs",
+                "schema_drift",
+                "alerts",
             ]
         );
     }
