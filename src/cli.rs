@@ -55,6 +55,17 @@ pub enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// List schema drift: fields, enum values and JSON types the API sent that the models do not know (with where,
+    /// since when, how often, and an example session).
+    Drift {
+        /// Machine-readable output (a JSON array of `schema_drift` rows).
+        #[arg(long)]
+        json: bool,
+        /// The source to show: with sources listed, only that one (default: every listed source); otherwise it
+        /// overrides `sync.source`.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Serve the built-in Devin API simulator (synthetic data) until stopped.
     Simulate {
         #[arg(long, default_value_t = 8089)]
@@ -104,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::sync::run(sources, job).await
         }
         Command::Status { json, source } => commands::status::run(&select_sources(settings, source)?, json).await,
+        Command::Drift { json, source } => commands::drift::run(&select_sources(settings, source)?, json).await,
         Command::Simulate { port, sessions, seed, host } => commands::simulate::run(host, port, sessions, seed).await,
         Command::Demo { sessions, allow_any_database } => {
             commands::demo::run(settings, sessions, allow_any_database).await

@@ -9,6 +9,7 @@ pub mod app;
 pub mod classified;
 pub mod cli;
 pub mod commands;
+pub mod drift;
 pub mod http;
 pub mod human;
 pub mod retention;

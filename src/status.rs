@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::human;
-use crate::store::{RunRow, Store};
+use crate::store::{DriftRow, RunRow, Store};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -25,6 +25,8 @@ pub struct Status {
     pub live_sessions: i64,
     pub deleted_sessions: i64,
     pub runs: Vec<RunRow>,
+    /// What this source's API sent that the models do not know (`schema_drift`), the most recently first seen first.
+    pub schema_drift: Vec<DriftRow>,
     /// Rows per table (of every source); left out of each source's object in [`Several`], which has them once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
@@ -80,6 +82,7 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
         live_sessions,
         deleted_sessions,
         runs: store.recent_runs(source, 10).await?,
+        schema_drift: store.drift_report(Some(source)).await?,
         tables: store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect(),
     })
 }
@@ -158,6 +161,62 @@ fn render_source(s: &Status) -> String {
     }
     if s.runs.is_empty() {
         out.push_str("        (no runs yet)\n");
+    }
+    if !s.schema_drift.is_empty() {
+        let n = s.schema_drift.len();
+        out.push_str(&format!(
+            "\nschema drift: {n} entr{} (`devin-etl drift` lists them all)\n",
+            if n == 1 { "y" } else { "ies" }
+        ));
+        out.push_str(&render_drift(&s.schema_drift[..n.min(STATUS_DRIFT_ROWS)], false));
+        if n > STATUS_DRIFT_ROWS {
+            out.push_str(&format!("… and {} more\n", n - STATUS_DRIFT_ROWS));
+        }
+    }
+    out
+}
+
+/// Drift entries shown by `status` (the newest); `drift` shows them all.
+const STATUS_DRIFT_ROWS: usize = 10;
+
+/// Schema drift entries as a table (`status`, `drift`); `with_source` adds the source column.
+pub fn render_drift(rows: &[DriftRow], with_source: bool) -> String {
+    let header =
+        ["source", "kind", "path", "value", "times seen", "first seen (UTC)", "last seen (UTC)", "example session"];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.source.clone(),
+                r.kind.clone(),
+                r.path.clone(),
+                r.value.chars().take(60).collect(),
+                r.times_seen.to_string(),
+                r.first_seen.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.last_seen.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.example_session_id.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let first = if with_source { 0 } else { 1 };
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| cells.iter().map(|c| c[i].chars().count()).chain([header[i].len()]).max().unwrap_or_default())
+        .collect();
+    let line = |values: &[&str]| {
+        let mut l: Vec<String> = Vec::new();
+        for i in first..header.len() {
+            // The times column is numeric: right-aligned.
+            l.push(if i == 4 {
+                format!("{:>w$}", values[i], w = widths[i])
+            } else {
+                format!("{:<w$}", values[i], w = widths[i])
+            });
+        }
+        format!("{}\n", l.join("  ").trim_end())
+    };
+    let mut out = line(&header);
+    for c in &cells {
+        out.push_str(&line(&c.each_ref().map(String::as_str)));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! One module per command of the CLI; each builds what it needs through [`crate::app`].
 
 pub mod demo;
+pub mod drift;
 pub mod grant;
 pub mod migrate;
 mod progress_bar;

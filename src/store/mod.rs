@@ -6,6 +6,7 @@
 pub mod catalogue;
 mod checkpoint;
 mod columns;
+mod drift;
 pub mod error;
 mod grants;
 pub mod health;
@@ -26,6 +27,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
 pub use columns::CopyPayload;
+pub use drift::DriftRow;
 pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
 pub use load::copy_in;
 pub use lock::{Fence, SourceLock};

@@ -13,6 +13,7 @@ pub mod progress;
 mod reconcile;
 mod walk;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ pub use progress::{Progress, ProgressSink};
 pub use walk::WalkStats;
 
 use crate::api::{ApiClient, ListQuery};
+use crate::drift::DriftTally;
 use crate::settings::Settings;
 use crate::store::{RunRecord, RunStatus, SourceBusy, SourceLock, Store, WriteStats};
 use crate::telemetry::metric;
@@ -89,6 +91,8 @@ pub struct Syncer {
     shutdown: Option<watch::Receiver<bool>>,
     /// Where the window walks report progress (a log line per window unless set).
     progress: ProgressSink,
+    /// Schema drift seen in this source's items and not written yet; shared by clones (and so by concurrent walks).
+    drift: Arc<DriftTally>,
 }
 
 /// Source, API endpoint and warehouse only: nothing that could hold a secret (the token, the database password).
@@ -104,7 +108,8 @@ impl std::fmt::Debug for Syncer {
 
 impl Syncer {
     pub fn new(settings: Settings, api: ApiClient, store: Store) -> Syncer {
-        Syncer { settings, api, store, shutdown: None, progress: progress::log_lines() }
+        let drift = Arc::new(DriftTally::new(&settings.sync.source));
+        Syncer { settings, api, store, shutdown: None, progress: progress::log_lines(), drift }
     }
 
     /// Runs stop between batches once `shutdown` turns true.
@@ -137,6 +142,41 @@ impl Syncer {
 
     pub fn source(&self) -> &str {
         &self.settings.sync.source
+    }
+
+    pub(crate) fn drift(&self) -> &DriftTally {
+        &self.drift
+    }
+
+    /// Writes the schema drift counted so far; a first sighting is warned about and counted. Never fails the run:
+    /// on a failed write the counts wait for the next one.
+    pub async fn record_drift(&self) {
+        let entries = self.drift.take();
+        if entries.is_empty() {
+            return;
+        }
+        match self.store.record_drift(self.source(), &entries).await {
+            Ok(new) => {
+                for d in new {
+                    metrics::counter!(metric::SCHEMA_DRIFT_NEW, "source" => self.source().to_owned(), "kind" => d.kind.as_str())
+                        .increment(1);
+                    let example = entries.iter().find(|(e, _)| *e == d).map(|(_, p)| p.example_session_id.as_str());
+                    tracing::warn!(
+                        source = self.source(),
+                        path = %d.path,
+                        kind = d.kind.as_str(),
+                        value = %d.value,
+                        example_session_id = example.unwrap_or_default(),
+                        "the API sent something the models do not know (schema drift, first seen): it is loaded as \
+                         usual and kept in sessions.raw; see `devin-etl drift`"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), source = self.source(), "could not record schema drift; it is retried with the next counts");
+                self.drift.restore(entries);
+            }
+        }
     }
 
     fn shutdown_requested(&self) -> bool {
@@ -218,6 +258,7 @@ impl Syncer {
         }
         .instrument(span)
         .await;
+        self.record_drift().await;
         let (requests, retries) = self.api_counts();
         let mut record = RunRecord {
             requests: requests - stats_before.0,

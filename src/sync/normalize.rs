@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::value::RawValue;
 
 use crate::api::models::SessionInsights;
+use crate::drift::{self, Drift};
 use crate::store::{
     ActionItemRow, Batch, IssueRow, NoteUsageRow, PromptFeedbackRow, PullRequestRow, SessionRow, TimelineEventRow,
 };
@@ -12,11 +13,13 @@ use crate::store::{
 /// Largest Unix time we accept (9999-12-31). Larger values are almost surely milliseconds.
 const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
 
-/// One item of a page, decoded, with its original JSON kept for `sessions.raw`.
+/// One item of a page, decoded, with its original JSON kept for `sessions.raw` and what in it the models do not
+/// know (usually nothing).
 #[derive(Debug)]
 pub struct DecodedItem {
     pub session: SessionInsights,
     pub raw: String,
+    pub drift: Vec<Drift>,
 }
 
 /// An item that breaks the spec (missing required field, wrong type, impossible value).
@@ -53,7 +56,8 @@ pub fn decode_page(items: Vec<Box<RawValue>>, request: &str) -> Result<Vec<Decod
                 invalid(id, e.to_string())
             })?;
             check(&session).map_err(|p| invalid(Some(session.session_id.clone()), p))?;
-            Ok(DecodedItem { raw: jsonb_safe(raw.get()), session })
+            let drift = drift::inspect(raw.get());
+            Ok(DecodedItem { raw: jsonb_safe(raw.get()), session, drift })
         })
         .collect()
 }

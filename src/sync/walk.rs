@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use super::normalize::{self, DecodedItem};
 use super::{Interrupted, Syncer, clock};
 use crate::api::{ApiClient, ListQuery, Page};
+use crate::drift::DriftTally;
 use crate::store::{Batch, Checkpoint, WriteStats};
 use crate::telemetry::metric;
 
@@ -126,11 +127,13 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
         let mut pending_error = None;
         let mut items = Vec::new();
         let mut observed_at = None;
-        let mut last = take_page(first?, &plan.query, &mut stats, &mut items, &mut observed_at)?;
+        let mut last = take_page(first?, &plan.query, syncer.drift(), &mut stats, &mut items, &mut observed_at)?;
         // Merge pages that are already waiting; a batch commits them together.
         while !last && items.iter().map(|i| i.raw.len()).sum::<usize>() < MAX_BATCH_BYTES {
             match receiver.try_recv() {
-                Ok(Ok(page)) => last = take_page(page, &plan.query, &mut stats, &mut items, &mut observed_at)?,
+                Ok(Ok(page)) => {
+                    last = take_page(page, &plan.query, syncer.drift(), &mut stats, &mut items, &mut observed_at)?
+                }
                 Ok(Err(e)) => {
                     pending_error = Some(e);
                     break;
@@ -166,6 +169,9 @@ pub async fn walk(syncer: &Syncer, plan: WalkPlan) -> anyhow::Result<WalkStats> 
                 .with_context(|| format!("writing page {} of the walk to the warehouse", stats.pages))?;
         stats.writing += lap(&mut clock);
         stats.writes.add(&written);
+        if syncer.drift().is_due() {
+            syncer.record_drift().await;
+        }
         if let Some(e) = pending_error {
             return Err(e);
         }
@@ -197,6 +203,7 @@ fn lap(clock: &mut Instant) -> Duration {
 fn take_page(
     page: Page,
     query: &ListQuery,
+    drift: &DriftTally,
     stats: &mut WalkStats,
     items: &mut Vec<DecodedItem>,
     observed_at: &mut Option<i64>,
@@ -217,7 +224,8 @@ fn take_page(
     let decoded = normalize::decode_page(page.items, &page.request)?;
     stats.items += decoded.len() as u64;
     let mut off_filter = 0;
-    for item in decoded {
+    for mut item in decoded {
+        drift.add(&item.session.session_id, std::mem::take(&mut item.drift));
         stats.max_updated_at = stats.max_updated_at.max(Some(item.session.updated_at));
         if !matches_filter(query, &item) {
             off_filter += 1;

@@ -10,6 +10,7 @@ mod crash_safety;
 mod daemon;
 mod db_faults;
 mod deploy_files;
+mod drift;
 mod fuzz_decode;
 mod history;
 mod history_views;

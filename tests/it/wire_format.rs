@@ -229,6 +229,9 @@ async fn hand_written_pages_served_over_http_load_into_the_hand_written_rows() {
     let first = syncer.run_once(Mode::Incremental).await.unwrap();
     assert_eq!((first.pages, first.items), (3, 19), "three pages of 8, 8 and 3 sessions");
     assert_warehouse_is_as_written(syncer.store()).await;
+    // Every field, enum value and variant of the spec is in these pages: none of it is drift to the models.
+    let drift = syncer.store().drift_report(None).await.unwrap();
+    assert!(drift.is_empty(), "the spec's own items reported as schema drift: {drift:#?}");
     let requests = server.requests.lock().unwrap().clone();
     for cursor in ["after=cursor-page-2", "after=cursor-page-3"] {
         assert!(requests.iter().any(|r| r.contains(cursor)), "the walk followed {cursor}: {requests:#?}");
@@ -487,6 +490,64 @@ fn shapes(schemas: &serde_json::Map<String, Value>, prefix: &str) -> BTreeMap<(S
         }
     }
     out
+}
+
+/// The models' JSON shape (`devin_api_model::shape`, what the drift detector compares items with) in the terms of
+/// [`Shape`], for the properties the spec describes.
+fn model_shapes() -> BTreeMap<(String, String), Shape> {
+    use devin_api_model::shape::{Json, schemas};
+    let mut out = BTreeMap::new();
+    for schema in schemas() {
+        for field in schema.fields {
+            let mut s = Shape::default();
+            match field.json {
+                Json::Object(inner) => drop(s.refs.insert(inner.name.to_owned())),
+                other => drop(s.types.insert(other.type_name().to_owned())),
+            }
+            if field.nullable {
+                s.types.insert("null".to_owned());
+            }
+            if let Json::Enum(values) = field.json {
+                s.enums.extend(values.iter().map(|v| Value::from(*v).to_string()));
+                if field.nullable {
+                    s.enums.insert("null".to_owned());
+                }
+            }
+            if let Json::Array(items) = field.json {
+                s.items = Some(match items {
+                    Json::Object(inner) => inner.name.to_owned(),
+                    other => other.type_name().to_owned(),
+                });
+            }
+            out.insert((schema.name.to_owned(), field.name.to_owned()), s);
+        }
+    }
+    out
+}
+
+/// The drift detector's idea of "known" is the spec's: the same schemas and properties, JSON types, nullability,
+/// array items and enum values (required and defaults are the serde models' business, checked above).
+#[test]
+fn the_models_shape_says_what_the_openapi_spec_says() {
+    let spec: Value = serde_yaml::from_str(&fixture_text("sessions-insights.openapi.yaml")).unwrap();
+    let mut theirs = shapes(spec["components"]["schemas"].as_object().unwrap(), "#/components/schemas/");
+    theirs.retain(|(schema, _), _| {
+        !matches!(
+            schema.as_str(),
+            "HTTPValidationError" | "ValidationError" | "PaginatedResponse_SessionInsightsResponse_"
+        )
+    });
+    for s in theirs.values_mut() {
+        (s.required, s.default) = (false, None);
+    }
+    let ours = model_shapes();
+    let keys: BTreeSet<&(String, String)> = ours.keys().chain(theirs.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|k| ours.get(*k) != theirs.get(*k))
+        .map(|k| format!("{}.{}: models {:?}, spec {:?}", k.0, k.1, ours.get(k), theirs.get(k)))
+        .collect();
+    assert!(differences.is_empty(), "devin_api_model::shape disagrees with the spec: {differences:#?}");
 }
 
 #[test]

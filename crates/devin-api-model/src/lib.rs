@@ -4,9 +4,14 @@
 //! Forward compatible by construction: every enum of the spec is a `String`, so a value the spec does not
 //! list yet decodes fine, and unknown fields are ignored here (the whole item is kept verbatim in `raw`).
 //! Required fields are not `Option`: an item without one fails to decode, with serde naming the field.
+//! Numbers are read leniently ([`lenient`]): a number sent as a numeric string, or a whole number sent as `3.0`,
+//! still loads (the service reports it as schema drift), since that is how APIs most often change a number's type.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+pub mod lenient;
+pub mod shape;
 
 /// One page of `GET /v3/enterprise/sessions/insights`, with each item still as raw JSON text.
 ///
@@ -46,8 +51,11 @@ pub struct SessionInsights {
     pub subcategory: Option<String>,
     /// Spec enum: xs, s, m, l, xl.
     pub session_size: String,
+    #[serde(deserialize_with = "lenient::number")]
     pub acus_consumed: f64,
+    #[serde(deserialize_with = "lenient::integer")]
     pub num_user_messages: i64,
+    #[serde(deserialize_with = "lenient::integer")]
     pub num_devin_messages: i64,
     #[serde(default)]
     pub is_archived: bool,
@@ -113,6 +121,7 @@ fn default_action_item_type() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Classification {
     pub category: String,
+    #[serde(deserialize_with = "lenient::number")]
     pub confidence: f64,
     #[serde(default)]
     pub programming_languages: Vec<String>,

@@ -69,6 +69,9 @@ pub struct Switches {
     /// Every served item, its nested analysis objects and PR objects, and the page envelope get unknown
     /// fields such as `"x_future_field": {"nested":[1,"two"]}`. The truth is unaffected.
     pub extra_fields: bool,
+    /// Every served item carries `acus_consumed` as a JSON string holding the number (`"12.5"`), as an API that
+    /// moved to decimals might. The truth is unaffected.
+    pub numbers_as_strings: bool,
     /// The server ignores every filter (`updated_*`, `created_*`, `session_ids`, `tags`, ...): it
     /// returns everything. Parameters are still validated.
     pub ignore_filters: bool,

@@ -672,13 +672,18 @@ fn total(sim: &Simulator, store: &Store, f: &Filters) -> usize {
 }
 
 /// The JSON of one served item: the cached bytes, or re-encoded when it must be altered.
-fn item_bytes(e: &Entry, extra_fields: bool, drop_id: bool) -> Cow<'_, [u8]> {
-    if !extra_fields && !drop_id {
+fn item_bytes<'e>(e: &'e Entry, sw: &Switches, drop_id: bool) -> Cow<'e, [u8]> {
+    if !sw.extra_fields && !sw.numbers_as_strings && !drop_id {
         return Cow::Borrowed(&e.json);
     }
     let mut v = data::to_value(&e.session);
-    if extra_fields {
+    if sw.extra_fields {
         data::add_extra_fields(&mut v);
+    }
+    if sw.numbers_as_strings
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("acus_consumed".to_owned(), serde_json::Value::String(e.session.acus_consumed.to_string()));
     }
     if drop_id && let Some(o) = v.as_object_mut() {
         o.remove("session_id");
@@ -725,7 +730,7 @@ fn page(sim: &Simulator, q: &ListQuery, sw: &Switches, malformed: bool) -> (Vec<
     let items: Vec<Cow<'_, [u8]>> = keys
         .iter()
         .enumerate()
-        .filter_map(|(i, k)| store.by_key.get(*k).map(|e| item_bytes(e, sw.extra_fields, malformed && i == 0)))
+        .filter_map(|(i, k)| store.by_key.get(*k).map(|e| item_bytes(e, sw, malformed && i == 0)))
         .collect();
     let n = items.len();
     (envelope(&items, end_cursor, has_next_page, total, sw.extra_fields), n)
