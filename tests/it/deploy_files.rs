@@ -503,6 +503,7 @@ fn deploy_guide_covers_every_file_and_metric() {
         "/healthz",
         "/readyz",
         "/metrics",
+        "deploy/prometheus/devin-etl-rules.yml",
     ]
     .into_iter()
     .chain(devin_etl::telemetry::metric::ALL.iter().copied())

@@ -20,6 +20,7 @@ mod migrations_rollback;
 mod module_cycles;
 mod multi_source;
 mod private_cluster;
+mod prometheus_rules;
 mod readonly_role;
 mod resilience_database;
 mod resilience_faults;
