@@ -30,7 +30,7 @@ pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreE
 pub use load::copy_in;
 pub use lock::{Fence, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
+pub use state::{BackfillState, ClockState, MassDeleteRefused, RunRecord, RunRow, RunStatus};
 
 use crate::settings::DatabaseSettings;
 use catalogue::Table;
