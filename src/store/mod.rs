@@ -3,6 +3,7 @@
 //! Every connection's `search_path` is the configured schema, so SQL here and in the migrations uses
 //! unqualified names and one database can hold several independent warehouses.
 
+pub mod alerts;
 pub mod catalogue;
 mod checkpoint;
 mod columns;
