@@ -24,10 +24,10 @@ comment on column schema_drift.last_seen is 'When it was last recorded (database
 comment on column schema_drift.times_seen is 'How many items carried it (an item read twice counts twice).';
 comment on column schema_drift.example_session_id is 'A session whose item carried it (see sessions.raw for the whole item).';
 
--- Why a run failed, as the service classified it (api, invalid_item, mass_delete_refused, ...); null for runs
--- that did not fail and for runs written by older releases.
+-- Why a run that did not succeed ended, as the service classified it (api, invalid_item, mass_delete_refused,
+-- interrupted, ...); null for runs that succeeded and for runs written by older releases.
 alter table sync_runs add column error_kind text;
-comment on column sync_runs.error_kind is 'Why a failed run failed, as classified by the service: api, store, invalid_item, mass_delete_refused, lock_lost, other (null when it did not fail, or written by an older release).';
+comment on column sync_runs.error_kind is 'Why a run that did not succeed ended, as classified by the service: api, store, invalid_item, mass_delete_refused, lock_lost, source_busy, interrupted (aborted by shutdown), other (null when it succeeded, or written by an older release).';
 
 -- Webhook alerts: one row per incident (a condition that started and, for most kinds, ended). The partial unique
 -- indexes make "one alert per incident" hold across replicas: raising an alert is an insert that does nothing

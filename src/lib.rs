@@ -4,6 +4,7 @@
 //! and keeps the watermark. The simulator of the API (crate `devin-sim`) plays it for tests, `demo` and the
 //! benchmark (crate `devin-etl-bench`).
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod classified;

@@ -44,6 +44,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub log: LogSettings,
     pub history: HistorySettings,
+    pub alerts: AlertSettings,
     /// The listed sources (`[sources.<name>]`), sorted by name; empty in a single-source configuration, which
     /// syncs `sync.source` from `api.base_url` with `api.token`. See [`Settings::per_source`].
     pub sources: Vec<SourceSettings>,
@@ -56,6 +57,22 @@ pub struct SourceSettings {
     pub name: String,
     pub base_url: Url,
     pub token: SecretString,
+}
+
+/// Webhook alerts (`[alerts]`); off without a URL.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// The receiver (a secret: a Slack webhook URL carries its own credential). `None`: alerts are off.
+    pub webhook_url: Option<SecretString>,
+    /// A source fires `source_failing` after this many failed runs in a row.
+    pub failing_runs: u32,
+    /// How often the daemon evaluates the conditions and delivers what is pending.
+    pub check_interval: Duration,
+    /// The longest one delivery attempt may take.
+    pub timeout: Duration,
+    /// Backoff of a failed delivery: the first wait, doubling up to the second.
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -146,8 +163,23 @@ struct RawSettings {
     server: RawServer,
     log: RawLog,
     history: RawHistory,
+    alerts: RawAlerts,
     #[serde(default)]
     sources: BTreeMap<String, RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default)]
+    webhook_url: Option<SecretString>,
+    #[serde(default)]
+    webhook_url_file: String,
+    failing_runs: i64,
+    check_interval: String,
+    timeout: String,
+    retry_initial_backoff: String,
+    retry_max_backoff: String,
 }
 
 #[derive(Deserialize)]
@@ -289,7 +321,7 @@ impl Settings {
             if !path.exists() {
                 return Err(invalid("--config", format!("file {} does not exist", path.display())));
             }
-            refuse_source_tokens_in(path)?;
+            refuse_secrets_in(path)?;
             builder = builder.add_source(File::from(path).required(true));
         }
         builder = builder
@@ -335,6 +367,7 @@ impl Settings {
             server: validate_server(raw.server)?,
             log: validate_log(raw.log)?,
             history: validate_history(raw.history)?,
+            alerts: validate_alerts(raw.alerts)?,
             sources: raw.sources.into_iter().map(|(name, raw)| validate_source(name, raw)).collect::<Result<_, _>>()?,
         };
         Ok(settings)
@@ -431,11 +464,22 @@ fn validate_source(name: String, raw: RawSource) -> Result<SourceSettings, Confi
     Ok(SourceSettings { name, base_url, token })
 }
 
-/// Refuses a `token` of a listed source written in the configuration file: that file is meant to be committed (or
-/// baked into an image or a ConfigMap), so the secret would leak with it. Read from the file alone, so that the same
-/// key given by the environment is still accepted.
-fn refuse_source_tokens_in(path: &Path) -> Result<(), ConfigError> {
+/// Refuses a secret written in the configuration file — a listed source's `token`, `alerts.webhook_url`: that file
+/// is meant to be committed (or baked into an image or a ConfigMap), so the secret would leak with it. Read from the
+/// file alone, so that the same key given by the environment is still accepted.
+fn refuse_secrets_in(path: &Path) -> Result<(), ConfigError> {
     let file = Config::builder().add_source(File::from(path).required(true)).build()?;
+    if file.get_table("alerts").is_ok_and(|alerts| alerts.contains_key("webhook_url")) {
+        return Err(invalid(
+            "alerts.webhook_url",
+            format!(
+                "the webhook URL is a secret (a Slack webhook URL is its own credential) and must not be written in \
+                 the configuration file {}, which is meant to be committed; remove it and set \
+                 DEVIN_ETL__ALERTS__WEBHOOK_URL, or point alerts.webhook_url_file at a secret file",
+                path.display()
+            ),
+        ));
+    }
     let Ok(sources) = file.get_table("sources") else {
         return Ok(());
     };
@@ -454,6 +498,45 @@ fn refuse_source_tokens_in(path: &Path) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn validate_alerts(raw: RawAlerts) -> Result<AlertSettings, ConfigError> {
+    let webhook_url = resolve_token(raw.webhook_url, &raw.webhook_url_file)
+        .map_err(|problem| invalid("alerts.webhook_url_file", problem))?;
+    if let Some(url) = &webhook_url {
+        // The value is never echoed: it is a secret.
+        let parsed = Url::parse(url.expose_secret()).map_err(|e| {
+            invalid("alerts.webhook_url", format!("not a URL ({e}); the value is not shown, since it is a secret"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(invalid(
+                "alerts.webhook_url",
+                "must be an http:// or https:// URL with a host (the value is not shown, since it is a secret)",
+            ));
+        }
+    }
+    if !(1..=1000).contains(&raw.failing_runs) {
+        return Err(invalid("alerts.failing_runs", format!("{} is out of range; use 1..=1000", raw.failing_runs)));
+    }
+    let retry_initial_backoff = positive_duration("alerts.retry_initial_backoff", &raw.retry_initial_backoff)?;
+    let retry_max_backoff = positive_duration("alerts.retry_max_backoff", &raw.retry_max_backoff)?;
+    if retry_max_backoff < retry_initial_backoff {
+        return Err(invalid(
+            "alerts.retry_max_backoff",
+            format!(
+                "{} is shorter than alerts.retry_initial_backoff ({})",
+                raw.retry_max_backoff, raw.retry_initial_backoff
+            ),
+        ));
+    }
+    Ok(AlertSettings {
+        webhook_url,
+        failing_runs: raw.failing_runs as u32,
+        check_interval: positive_duration("alerts.check_interval", &raw.check_interval)?,
+        timeout: positive_duration("alerts.timeout", &raw.timeout)?,
+        retry_initial_backoff,
+        retry_max_backoff,
+    })
 }
 
 fn validate_history(raw: RawHistory) -> Result<HistorySettings, ConfigError> {
@@ -958,6 +1041,38 @@ mod tests {
         assert_eq!(per_source[0].api.base_url.as_str(), "https://api.devin.ai/");
         assert_eq!(per_source[0].api.token().unwrap().expose_secret(), "cog_single");
         assert_eq!(s.sync.source_concurrency, 4);
+    }
+
+    #[test]
+    fn alerts_are_off_by_default_and_the_webhook_url_comes_from_the_environment() {
+        let s = Settings::load_with_vars(None, &[]).unwrap();
+        assert!(s.alerts.webhook_url.is_none());
+        assert_eq!((s.alerts.failing_runs, s.alerts.check_interval), (3, Duration::from_secs(30)));
+        let url = "https://hooks.slack.example/services/T0/B0/s3cr3t";
+        let s = Settings::load_with_vars(None, &[("DEVIN_ETL__ALERTS__WEBHOOK_URL", url)]).unwrap();
+        assert_eq!(s.alerts.webhook_url.as_ref().map(|u| u.expose_secret()), Some(url));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        for bad in ["ftp://x.example/hook", "not a url", "mailto:ops@example.com"] {
+            let err =
+                Settings::load_with_vars(None, &[("DEVIN_ETL__ALERTS__WEBHOOK_URL", bad)]).unwrap_err().to_string();
+            assert!(err.starts_with("alerts.webhook_url:") && !err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_alerts_webhook_url_in_the_config_file_is_refused_naming_the_key_and_the_fix() {
+        let file = TempConfig::new("[alerts]\nwebhook_url = \"https://hooks.example/s3cr3t\"\n");
+        let err = file.load(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("alerts.webhook_url: the webhook URL is a secret"), "{err}");
+        assert!(err.contains("DEVIN_ETL__ALERTS__WEBHOOK_URL") && err.contains("alerts.webhook_url_file"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        // From a secret file it is fine.
+        let secret = TempConfig::new("");
+        let url_path = secret.0.join("webhook");
+        std::fs::write(&url_path, "https://hooks.example/from-file\n").unwrap();
+        let file = TempConfig::new(&format!("[alerts]\nwebhook_url_file = {:?}\n", url_path.display().to_string()));
+        let s = file.load(&[]).unwrap();
+        assert_eq!(s.alerts.webhook_url.as_ref().map(|u| u.expose_secret()), Some("https://hooks.example/from-file"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::human;
+use crate::store::alerts::AlertRow;
 use crate::store::{DriftRow, RunRow, Store};
 
 #[derive(Debug, Serialize)]
@@ -27,6 +28,8 @@ pub struct Status {
     pub runs: Vec<RunRow>,
     /// What this source's API sent that the models do not know (`schema_drift`), the most recently first seen first.
     pub schema_drift: Vec<DriftRow>,
+    /// Webhook alerts of this source that are open or not yet delivered (table `alerts`).
+    pub alerts: Vec<AlertRow>,
     /// Rows per table (of every source); left out of each source's object in [`Several`], which has them once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
@@ -83,6 +86,7 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
         deleted_sessions,
         runs: store.recent_runs(source, 10).await?,
         schema_drift: store.drift_report(Some(source)).await?,
+        alerts: store.open_or_pending_alerts(source).await?,
         tables: store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect(),
     })
 }
@@ -173,6 +177,7 @@ fn render_source(s: &Status) -> String {
             out.push_str(&format!("… and {} more\n", n - STATUS_DRIFT_ROWS));
         }
     }
+    out.push_str(&render_alerts(&s.alerts));
     out
 }
 
@@ -217,6 +222,33 @@ pub fn render_drift(rows: &[DriftRow], with_source: bool) -> String {
     let mut out = line(&header);
     for c in &cells {
         out.push_str(&line(&c.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+/// The source's open and undelivered alerts; nothing when there are none.
+fn render_alerts(alerts: &[AlertRow]) -> String {
+    if alerts.is_empty() {
+        return String::new();
+    }
+    let mut out = "\nAlerts (open or not yet delivered)\n".to_owned();
+    for a in alerts {
+        let state = if a.resolved_at.is_none() || a.one_shot { "open" } else { "resolved" };
+        let delivered =
+            a.fired_sent_at.is_some() && (a.one_shot || a.resolved_at.is_none() || a.resolved_sent_at.is_some());
+        let delivery = match &a.last_error {
+            _ if delivered => "delivered".to_owned(),
+            Some(e) => {
+                format!("not delivered after {} attempt(s): {}", a.attempts, e.chars().take(120).collect::<String>())
+            }
+            None => "not delivered yet".to_owned(),
+        };
+        out.push_str(&format!(
+            "  {state:<8} {} since {} ({delivery}): {}\n",
+            a.alert_key,
+            a.opened_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            a.summary.chars().take(160).collect::<String>()
+        ));
     }
     out
 }

@@ -26,6 +26,7 @@ pub async fn run(settings: Settings, backfill: bool) -> anyhow::Result<()> {
         .with_context(|| format!("server.listen: cannot listen on {listen}"))?;
     // A pool of its own, so a busy backfill cannot make /readyz time out waiting for a connection.
     let http_store = app::small_store(&settings).await?;
+    let state_store = http_store.clone();
     let state = crate::http::HttpState {
         store: http_store,
         source: sources.first().cloned().unwrap_or_default(),
@@ -37,6 +38,11 @@ pub async fn run(settings: Settings, backfill: bool) -> anyhow::Result<()> {
     let http = tokio::spawn(crate::http::serve_sources(listener, state, sources, async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
     }));
+    // On the HTTP endpoints' small pool: its statements are brief, and a busy sync pool cannot delay them.
+    match crate::alerts::Alerter::new(&settings.per_source(), state_store.clone())? {
+        Some(alerter) => drop(tokio::spawn(alerter.run(stopped.clone()))),
+        None => tracing::info!("alerts are off: no alerts.webhook_url (DEVIN_ETL__ALERTS__WEBHOOK_URL) configured"),
+    }
     if let (Some(retention), Some(syncer)) = (settings.history.retention, syncers.first()) {
         let store = syncer.store().clone();
         let schedule = settings.sync.reconcile_schedule.clone();

@@ -7,11 +7,32 @@ use crate::settings::Settings;
 use crate::sync::Job;
 
 /// Runs `job` for each source of `sources`, one after another. With several, every source runs even when an
-/// earlier one failed, and the error names the sources that failed.
+/// earlier one failed, and the error names the sources that failed. Then, with alerts on, one alerts pass bounded in
+/// time, whose outcome never changes the result.
 pub async fn run(sources: Vec<Settings>, job: Job) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::schedule::forward_signals(stop));
-    let syncers = app::syncers(sources).await?;
+    let syncers = app::syncers(sources.clone()).await?;
+    let alerter = match syncers.first() {
+        Some(first) => crate::alerts::Alerter::new(&sources, first.store().clone())?,
+        None => None,
+    };
+    let result = run_syncers(syncers, job, &stopped).await;
+    // Cron-driven `sync` alerts too: one bounded pass, which never changes the outcome.
+    if let Some(alerter) = alerter
+        && !*stopped.borrow()
+    {
+        alerter.pass_within(alerter.sync_bound()).await;
+    }
+    result
+}
+
+/// The runs of [`run`].
+async fn run_syncers(
+    syncers: Vec<crate::sync::Syncer>,
+    job: Job,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let several = syncers.len() > 1;
     let mut failed = Vec::new();
     for syncer in syncers {

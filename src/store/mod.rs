@@ -3,6 +3,7 @@
 //! Every connection's `search_path` is the configured schema, so SQL here and in the migrations uses
 //! unqualified names and one database can hold several independent warehouses.
 
+pub mod alerts;
 pub mod catalogue;
 mod checkpoint;
 mod columns;
@@ -32,7 +33,7 @@ pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreE
 pub use load::copy_in;
 pub use lock::{Fence, SourceLock};
 pub use rows::*;
-pub use state::{BackfillState, ClockState, RunRecord, RunRow, RunStatus};
+pub use state::{BackfillState, ClockState, MassDeleteRefused, RunRecord, RunRow, RunStatus};
 
 use crate::settings::DatabaseSettings;
 use catalogue::Table;

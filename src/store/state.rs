@@ -98,6 +98,19 @@ pub struct BackfillState {
     pub started_at: f64,
 }
 
+/// The reconcile's mass-delete guard refused to mark sessions deleted: too large a share of the live ones vanished
+/// upstream at once.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the API no longer returns {missing} of {live} live sessions; that is more than {max_percent:.0}% so none are \
+     marked deleted (a permission or filter problem upstream is likelier than a mass delete)"
+)]
+pub struct MassDeleteRefused {
+    pub missing: i64,
+    pub live: i64,
+    pub max_percent: f64,
+}
+
 /// A row of `sync_runs`, for `status`.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct RunRow {
@@ -140,6 +153,8 @@ pub struct RunRecord {
     pub retries: u64,
     pub watermark_after: Option<i64>,
     pub error: Option<String>,
+    /// Why the run failed, as classified (`sync_runs.error_kind`); `None` unless it failed.
+    pub error_kind: Option<&'static str>,
 }
 
 impl Store {
@@ -321,11 +336,7 @@ impl Store {
         .context("counting sessions the reconcile did not see")?;
         // A handful of deletions is always plausible; a large share of the warehouse vanishing is not.
         if missing > 10 && missing as f64 > max_fraction * live as f64 {
-            anyhow::bail!(
-                "the API no longer returns {missing} of {live} live sessions; that is more than {:.0}% so none are \
-                 marked deleted (a permission or filter problem upstream is likelier than a mass delete)",
-                max_fraction * 100.0
-            );
+            return Err(MassDeleteRefused { missing, live, max_percent: max_fraction * 100.0 }.into());
         }
         // A deleted session's current history rows close when it is marked deleted.
         let marked: i64 = sqlx::query_scalar(&format!(
@@ -454,7 +465,7 @@ impl Store {
         let rows = serde_json::to_value(&record.writes.rows)?;
         sqlx::query(
             "update sync_runs set finished_at = now(), status = $2, pages = $3, sessions_upserted = $4,
-                 rows_written = $5, requests = $6, retries = $7, watermark_after = $8, error = $9
+                 rows_written = $5, requests = $6, retries = $7, watermark_after = $8, error = $9, error_kind = $10
              where run_id = $1",
         )
         .bind(run_id)
@@ -466,6 +477,7 @@ impl Store {
         .bind(record.retries as i64)
         .bind(record.watermark_after)
         .bind(record.error.as_deref())
+        .bind(record.error_kind)
         .execute(&self.pool)
         .await
         .context("recording the end of the run in sync_runs")?;

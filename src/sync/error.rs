@@ -9,7 +9,7 @@
 
 use crate::api::ApiError;
 use crate::classified::{Classified, ErrorKind};
-use crate::store::{RunStatus, StoreErrorKind};
+use crate::store::{MassDeleteRefused, RunStatus, StoreErrorKind};
 
 use super::normalize::InvalidItem;
 
@@ -34,6 +34,8 @@ pub enum RunErrorKind {
     Store(StoreErrorKind),
     /// The API sent an item that breaks the spec.
     InvalidItem,
+    /// The reconcile's mass-delete guard refused to mark sessions deleted ([`MassDeleteRefused`]).
+    MassDeleteRefused,
     /// Anything else (a bug, a task that panicked, a walk that ended early).
     Other,
 }
@@ -54,6 +56,9 @@ impl RunErrorKind {
             Some(StoreErrorKind::SourceBusy) => return RunErrorKind::SourceBusy,
             _ => {}
         }
+        if error.chain().any(|cause| cause.is::<MassDeleteRefused>()) {
+            return RunErrorKind::MassDeleteRefused;
+        }
         if InvalidItem::in_chain(error).is_some() {
             return RunErrorKind::InvalidItem;
         }
@@ -61,6 +66,20 @@ impl RunErrorKind {
             return RunErrorKind::Api;
         }
         store.map_or(RunErrorKind::Other, RunErrorKind::Store)
+    }
+
+    /// The stable name of the kind, written to `sync_runs.error_kind` (alerts and dashboards branch on it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunErrorKind::Interrupted => "interrupted",
+            RunErrorKind::LockLost => "lock_lost",
+            RunErrorKind::SourceBusy => "source_busy",
+            RunErrorKind::Api => "api",
+            RunErrorKind::Store(_) => "store",
+            RunErrorKind::InvalidItem => "invalid_item",
+            RunErrorKind::MassDeleteRefused => "mass_delete_refused",
+            RunErrorKind::Other => "other",
+        }
     }
 
     /// How a run that ended so is recorded: aborted when shutdown stopped it, failed otherwise.
@@ -127,6 +146,10 @@ mod tests {
         let api = ApiError::Status { request: "/x".into(), status: 401, body: String::new(), retry_after: None };
         assert_eq!(of(anyhow::Error::from(api).context("asking the API for its clock")), RunErrorKind::Api);
         assert_eq!(of(anyhow::anyhow!("a window task failed")), RunErrorKind::Other);
+        let refused = MassDeleteRefused { missing: 40, live: 60, max_percent: 50.0 };
+        let refused = anyhow::Error::from(refused).context("marking sessions deleted");
+        assert_eq!(of(refused), RunErrorKind::MassDeleteRefused);
+        assert_eq!(RunErrorKind::MassDeleteRefused.as_str(), "mass_delete_refused");
     }
 
     #[test]

@@ -305,11 +305,15 @@ impl Syncer {
             Err(error) => {
                 let kind = RunErrorKind::of(&error);
                 record.error = Some(format!("{error:#}"));
+                record.error_kind = Some(kind.as_str());
                 record.watermark_after = watermark_before;
                 if let Err(e) = self.store.finish_run(run_id, kind.run_status(), &record).await {
                     tracing::warn!(error = %e, "could not record the end of the run");
                 }
                 let status = kind.status_label();
+                if kind == RunErrorKind::MassDeleteRefused {
+                    metrics::counter!(metric::RECONCILE_REFUSED, "source" => self.source().to_owned()).increment(1);
+                }
                 if kind.is_fenced() {
                     metrics::counter!(metric::RUNS_FENCED, "source" => self.source().to_owned()).increment(1);
                 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alerts;
 mod bi_views;
 mod catalogue;
 mod crash_safety;
