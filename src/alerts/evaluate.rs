@@ -66,7 +66,7 @@ pub async fn evaluate(
     }
     for row in store.drift_rows(sources).await? {
         let alert = scrubbed(drift(&row), scrubber);
-        if store.raise_one_shot(&alert).await? {
+        if store.raise_alert(&alert, true).await? {
             done.raised.push(alert.key);
         }
     }
@@ -77,7 +77,7 @@ async fn apply(store: &Store, verdict: Verdict, scrubber: &Scrubber, done: &mut 
     match verdict {
         Verdict::Raise(alert) => {
             let alert = scrubbed(alert, scrubber);
-            if store.raise_alert(&alert).await? {
+            if store.raise_alert(&alert, false).await? {
                 tracing::warn!(alert = %alert.key, summary = %alert.summary, "alert raised");
                 done.raised.push(alert.key);
             }

@@ -116,39 +116,27 @@ impl Store {
         .context("reading schema_drift")
     }
 
-    /// Opens the incident `alert` unless one with its key is open already; true when this call opened it.
-    pub async fn raise_alert(&self, alert: &NewAlert) -> anyhow::Result<bool> {
-        let inserted = sqlx::query(
+    /// Raises `alert` unless the same key is open already (for a `one_shot` event — sent once, never resolved —
+    /// unless it was ever raised); true when this call raised it. The partial unique indexes make the check and the
+    /// insert one atomic step across replicas.
+    pub async fn raise_alert(&self, alert: &NewAlert, one_shot: bool) -> anyhow::Result<bool> {
+        let sql = if one_shot {
+            "insert into alerts (alert_key, kind, source, summary, details, one_shot, resolved_at)
+             values ($1, $2, $3, $4, $5, true, now())
+             on conflict (alert_key) where one_shot do nothing"
+        } else {
             "insert into alerts (alert_key, kind, source, summary, details) values ($1, $2, $3, $4, $5)
-             on conflict (alert_key) where resolved_at is null and not one_shot do nothing",
-        )
-        .bind(&alert.key)
-        .bind(alert.kind)
-        .bind(&alert.source)
-        .bind(&alert.summary)
-        .bind(&alert.details)
-        .execute(&self.pool)
-        .await
-        .with_context(|| format!("raising the alert {} in the table alerts", alert.key))?;
-        Ok(inserted.rows_affected() == 1)
-    }
-
-    /// Records the one-shot event `alert` (sent once, never resolved) unless it was recorded before; true when this
-    /// call recorded it.
-    pub async fn raise_one_shot(&self, alert: &NewAlert) -> anyhow::Result<bool> {
-        let inserted = sqlx::query(
-            "insert into alerts (alert_key, kind, source, one_shot, summary, details, resolved_at)
-             values ($1, $2, $3, true, $4, $5, now())
-             on conflict (alert_key) where one_shot do nothing",
-        )
-        .bind(&alert.key)
-        .bind(alert.kind)
-        .bind(&alert.source)
-        .bind(&alert.summary)
-        .bind(&alert.details)
-        .execute(&self.pool)
-        .await
-        .with_context(|| format!("recording the alert {} in the table alerts", alert.key))?;
+             on conflict (alert_key) where resolved_at is null and not one_shot do nothing"
+        };
+        let inserted = sqlx::query(sql)
+            .bind(&alert.key)
+            .bind(alert.kind)
+            .bind(&alert.source)
+            .bind(&alert.summary)
+            .bind(&alert.details)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("raising the alert {} in the table alerts", alert.key))?;
         Ok(inserted.rows_affected() == 1)
     }
 

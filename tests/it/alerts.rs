@@ -521,3 +521,41 @@ fn a_webhook_url_in_the_config_file_is_refused_naming_the_key() {
     assert!(error.starts_with("alerts.webhook_url: the webhook URL is a secret"), "{error}");
     assert!(error.contains("DEVIN_ETL__ALERTS__WEBHOOK_URL") && !error.contains("hooksecret"), "{error}");
 }
+
+/// End to end: the simulator starts sending new fields, `sync` (the command a cron job runs) loads them, records the
+/// drift and, in its alerts pass, sends exactly one alert per new entry; the next sync, which reads the same drift
+/// again, sends nothing.
+#[tokio::test]
+async fn drift_the_simulator_serves_reaches_the_receiver_once_per_new_entry() {
+    let app = app(12, |_| {}).await;
+    let receiver = Receiver::start(Answer::Accept).await;
+    let settings = with_hook(&app.settings, &hook_url(receiver.addr));
+    devin_etl::commands::sync::run(vec![settings.clone()], Job::Sync { since: None }).await.unwrap();
+    assert!(receiver.accepted().is_empty(), "no drift, no alert: {:?}", receiver.accepted());
+
+    app.sim.set_switches(devin_sim::Switches { numbers_as_strings: true, extra_fields: true, ..Default::default() });
+    app.sim.advance(60);
+    app.sim.update_some(12);
+    devin_etl::commands::sync::run(vec![settings.clone()], Job::Sync { since: None }).await.unwrap();
+    let entries: Vec<(String, String, String)> =
+        sqlx::query_as("select path, kind, value from schema_drift order by path, kind, value")
+            .fetch_all(app.store().pool())
+            .await
+            .unwrap();
+    assert!(entries.iter().any(|e| e.0 == "acus_consumed" && e.1 == "type_changed"), "{entries:?}");
+    assert!(entries.iter().any(|e| e.0 == "x_added_in_v4"), "{entries:?}");
+    let mut expected: Vec<(String, String)> = entries
+        .iter()
+        .map(|(path, kind, value)| pair(&format!("schema_drift/{DEFAULT_SOURCE}/{kind}/{path}/{value}"), "firing"))
+        .collect();
+    expected.sort();
+    let mut sent = receiver.accepted_of("schema_drift");
+    sent.sort();
+    assert_eq!(sent, expected, "one alert per new drift entry");
+
+    app.sim.advance(60);
+    app.sim.update_some(12);
+    devin_etl::commands::sync::run(vec![settings], Job::Sync { since: None }).await.unwrap();
+    assert_eq!(receiver.accepted().len(), expected.len(), "the same drift again alerts nobody");
+    receiver.assert_no_token();
+}
