@@ -150,6 +150,14 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
             rows.bytes() as f64 / 1e6,
             encode_time.as_secs_f64()
         ));
+        floor_notes.push(format!(
+            "decoding {} items took {:.2} s on one thread, of which the schema drift comparison {:.3} s ({:.1} µs per \
+             item)",
+            rows.items,
+            rows.decoding.as_secs_f64(),
+            rows.comparing.as_secs_f64(),
+            rows.comparing.as_secs_f64() * 1e6 / rows.items.max(1) as f64
+        ));
         create_floor_tables(&mut admin, &schema, &rows, args.floor_foreign_keys).await?;
         checkpoint(&mut admin).await?;
         progress(format_args!("COPY floor: copying over {} connection(s)", args.floor_connections));
