@@ -465,7 +465,7 @@ async fn upgrading_starts_history_from_the_live_sessions_and_a_reconcile_catches
     sqlx::raw_sql(
         "drop table session_history, session_pull_request_history cascade;
          drop function pr_url_repo(text);
-         delete from _sqlx_migrations where version >= 20261201000003",
+         delete from _sqlx_migrations where version in (20261201000003, 20261201000004)",
     )
     .execute(&pool)
     .await
