@@ -117,3 +117,18 @@ mod tests {
         );
     }
 }
+
+/// The size on disk of every table of `schema`, largest first.
+pub(crate) async fn table_sizes(conn: &mut PgConnection, schema: &str) -> anyhow::Result<Vec<crate::report::TableSize>> {
+    sqlx::query_as(
+        "select c.relname::text as table, pg_total_relation_size(c.oid) as total,
+                pg_relation_size(c.oid) as heap, pg_indexes_size(c.oid) as indexes
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = $1 and c.relkind = 'r' and c.relname not like '\\_sqlx%'
+         order by pg_total_relation_size(c.oid) desc",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading the tables' sizes")
+}

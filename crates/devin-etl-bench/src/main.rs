@@ -11,7 +11,8 @@
 //!    discarded) and COPY-only (the same normalized rows, encoded in memory first, untimed, then copied into fresh
 //!    tables `like` the warehouse's: same keys, indexes, defaults and compression);
 //! 5. 1% updates and 0.1% creates through the simulator's control endpoints, an incremental run, then (after the
-//!    simulator clock moves `--noop-advance` seconds) a no-op incremental run.
+//!    simulator clock moves `--noop-advance` seconds) a no-op incremental run;
+//! 6. a reconcile with nothing changed (reads everything, must write nothing), then the size of every table.
 //!
 //! Before each timed phase the server is checkpointed, so one phase's dirty buffers are not flushed on another's
 //! clock. CPU seconds per phase are read from `/proc`: this process, the simulator, and every `postgres` process.
@@ -211,6 +212,14 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let noop = within(args, "no-op run", syncer.run_once(Mode::Incremental)).await?;
     phases.push(Phase::from_run("no-op incremental", &noop, meter.stop(&mut admin).await?));
 
+    // A reconcile that finds nothing changed: it reads everything and must write nothing.
+    checkpoint(&mut admin).await?;
+    progress(format_args!("reconcile with nothing changed"));
+    let meter = Meter::start(sim.pid);
+    let reconcile = within(args, "reconcile", syncer.run_once(Mode::Reconcile)).await?;
+    phases.push(Phase::from_run("reconcile (none)", &reconcile, meter.stop(&mut admin).await?));
+    let table_sizes = database::table_sizes(&mut admin, &schema).await?;
+
     let load_after = load_average();
     sim.stop().await;
 
@@ -231,6 +240,8 @@ async fn bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         enrichment_batch: settings.sync.enrichment_batch,
         pending_enrichment,
         noop_written: noop.writes.sessions_written,
+        reconcile_written: reconcile.writes.sessions_written + reconcile.deleted,
+        table_sizes,
     };
     if args.json {
         println!("{}", report.json());

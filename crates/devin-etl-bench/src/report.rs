@@ -30,6 +30,18 @@ pub(crate) struct Report {
     pub(crate) enrichment_batch: usize,
     pub(crate) pending_enrichment: i64,
     pub(crate) noop_written: u64,
+    /// Sessions the no-change reconcile wrote or marked deleted (must be 0).
+    pub(crate) reconcile_written: u64,
+    pub(crate) table_sizes: Vec<TableSize>,
+}
+
+/// One table's size on disk, in bytes: everything (TOAST included), the heap alone, its indexes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TableSize {
+    pub(crate) table: String,
+    pub(crate) total: i64,
+    pub(crate) heap: i64,
+    pub(crate) indexes: i64,
 }
 
 /// A PASS/FAIL line.
@@ -99,6 +111,22 @@ impl Report {
                 pass: self.noop_written == 0,
                 detail: format!("{} sessions written", self.noop_written),
             });
+        }
+        if let Some(reconcile) = self.phase("reconcile (none)") {
+            checks.push(Check {
+                name: "reconcile with nothing changed writes nothing".to_owned(),
+                pass: self.reconcile_written == 0,
+                detail: format!("{} sessions written or deleted", self.reconcile_written),
+            });
+            if let Some(fetch) = self.phase("fetch floor") {
+                let ratio = reconcile.measured.wall.as_secs_f64() / fetch.measured.wall.as_secs_f64().max(1e-9);
+                checks.push(Check {
+                    name: "reconcile with nothing changed: ratio to the fetch floor (target <= 1.2x plus the comparison)"
+                        .to_owned(),
+                    pass: true,
+                    detail: format!("{ratio:.2}x"),
+                });
+            }
         }
         checks
     }
@@ -186,6 +214,21 @@ impl Report {
             "CPU s during the phase: this process / the simulator / PostgreSQL backends of the benchmark database / \
              other postgres processes (checkpointer, WAL writer, autovacuum, other databases)"
         );
+        if !self.table_sizes.is_empty() {
+            let _ = writeln!(out, "\n{:<30} {:>10} {:>10} {:>10}", "table (size on disk, MB)", "total", "heap", "indexes");
+            for t in &self.table_sizes {
+                let _ = writeln!(
+                    out,
+                    "{:<30} {:>10.1} {:>10.1} {:>10.1}",
+                    t.table,
+                    mb(t.total as u64),
+                    mb(t.heap as u64),
+                    mb(t.indexes as u64)
+                );
+            }
+            let total: i64 = self.table_sizes.iter().map(|t| t.total).sum();
+            let _ = writeln!(out, "{:<30} {:>10.1}", "all tables", mb(total as u64));
+        }
         let _ = writeln!(out);
         for c in self.checks() {
             let _ = writeln!(out, "{} {} ({})", if c.pass { "PASS" } else { "FAIL" }, c.name, c.detail);
@@ -239,6 +282,9 @@ impl Report {
             "copy_floor_foreign_keys": self.args.floor_foreign_keys,
             "copy_floor_connections": self.args.floor_connections,
             "notes": self.floor_notes,
+            "table_sizes": self.table_sizes.iter().map(|t| json!({
+                "table": t.table, "total_bytes": t.total, "heap_bytes": t.heap, "index_bytes": t.indexes,
+            })).collect::<Vec<_>>(),
             "ratios": {
                 "backfill_vs_copy_floor": self.ratio("COPY floor"),
                 "backfill_vs_fetch_floor": self.ratio("fetch floor"),
