@@ -112,8 +112,11 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
     let update = walk::decide_watermark(&source, &total, settle, &clock, state.started_at);
     store.complete_backfill(&source, update.as_ref()).await?;
     let watermark = update.map(|u| u.value);
-    if let Err(e) = store.analyze().await {
-        tracing::warn!(error = %format!("{e:#}"), "ANALYZE after the backfill failed; autovacuum will catch up");
+    let vacuum_started = std::time::Instant::now();
+    if let Err(e) = store.vacuum_analyze().await {
+        tracing::warn!(error = %format!("{e:#}"), "VACUUM (ANALYZE) after the backfill failed; autovacuum will catch up");
+    } else {
+        tracing::info!(seconds = vacuum_started.elapsed().as_secs_f64(), "vacuumed and analyzed the loaded tables");
     }
     total.watermark = watermark;
     Ok(total)

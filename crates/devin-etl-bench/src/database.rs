@@ -105,21 +105,11 @@ impl Machine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_url_replaces_only_the_database() {
-        assert_eq!(
-            database_url("postgres://u:p@db:5433/warehouse?sslmode=disable", "devin_etl_bench").expect("valid"),
-            "postgres://u:p@db:5433/devin_etl_bench?sslmode=disable"
-        );
-    }
-}
-
 /// The size on disk of every table of `schema`, largest first.
-pub(crate) async fn table_sizes(conn: &mut PgConnection, schema: &str) -> anyhow::Result<Vec<crate::report::TableSize>> {
+pub(crate) async fn table_sizes(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> anyhow::Result<Vec<crate::report::TableSize>> {
     sqlx::query_as(
         "select c.relname::text as table, pg_total_relation_size(c.oid) as total,
                 pg_relation_size(c.oid) as heap, pg_indexes_size(c.oid) as indexes
@@ -131,4 +121,17 @@ pub(crate) async fn table_sizes(conn: &mut PgConnection, schema: &str) -> anyhow
     .fetch_all(&mut *conn)
     .await
     .context("reading the tables' sizes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_replaces_only_the_database() {
+        assert_eq!(
+            database_url("postgres://u:p@db:5433/warehouse?sslmode=disable", "devin_etl_bench").expect("valid"),
+            "postgres://u:p@db:5433/devin_etl_bench?sslmode=disable"
+        );
+    }
 }

@@ -121,8 +121,9 @@ impl Report {
             if let Some(fetch) = self.phase("fetch floor") {
                 let ratio = reconcile.measured.wall.as_secs_f64() / fetch.measured.wall.as_secs_f64().max(1e-9);
                 checks.push(Check {
-                    name: "reconcile with nothing changed: ratio to the fetch floor (target <= 1.2x plus the comparison)"
-                        .to_owned(),
+                    name:
+                        "reconcile with nothing changed: ratio to the fetch floor (target <= 1.2x plus the comparison)"
+                            .to_owned(),
                     pass: true,
                     detail: format!("{ratio:.2}x"),
                 });
@@ -215,7 +216,8 @@ impl Report {
              other postgres processes (checkpointer, WAL writer, autovacuum, other databases)"
         );
         if !self.table_sizes.is_empty() {
-            let _ = writeln!(out, "\n{:<30} {:>10} {:>10} {:>10}", "table (size on disk, MB)", "total", "heap", "indexes");
+            let _ =
+                writeln!(out, "\n{:<30} {:>10} {:>10} {:>10}", "table (size on disk, MB)", "total", "heap", "indexes");
             for t in &self.table_sizes {
                 let _ = writeln!(
                     out,
