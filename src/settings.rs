@@ -111,6 +111,8 @@ pub struct DatabaseSettings {
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// A pooled connection unused this long is closed, so the daemon holds few connections between runs.
+    pub idle_timeout: Duration,
     /// Server side: `statement_timeout` and `lock_timeout` of the sync's sessions.
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
@@ -232,6 +234,7 @@ struct RawDatabase {
     schema: String,
     max_connections: i64,
     connect_timeout: String,
+    idle_timeout: String,
     statement_timeout: String,
     lock_timeout: String,
     operation_timeout: String,
@@ -591,6 +594,7 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
         schema: raw.schema,
         max_connections: raw.max_connections as u32,
         connect_timeout: positive_duration("database.connect_timeout", &raw.connect_timeout)?,
+        idle_timeout: positive_duration("database.idle_timeout", &raw.idle_timeout)?,
         statement_timeout,
         lock_timeout: positive_duration("database.lock_timeout", &raw.lock_timeout)?,
         operation_timeout,

@@ -80,6 +80,8 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(settings.connect_timeout)
+            .min_connections(0)
+            .idle_timeout(settings.idle_timeout)
             .after_connect(move |_, _| {
                 Box::pin(async move {
                     keepalive::apply(port);

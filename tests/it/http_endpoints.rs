@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, TestDb, admin_url, test_settings};
+use common::{TestApp, TestDb, admin_url, free_port, test_settings};
 use devin_etl::http::{HttpState, serve};
 use devin_etl::store::Store;
 use devin_etl::sync::Mode;
@@ -417,11 +417,6 @@ async fn metrics_are_prometheus_text_and_the_source_gauges_are_exact() {
     assert!((least..=most).contains(&lag), "lag {lag}, expected {least}..={most}");
     assert!((3600.0..3700.0).contains(&lag), "lag {lag}");
     served.stop().await;
-}
-
-/// A free port on the loopback interface (free when asked; the child binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

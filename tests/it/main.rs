@@ -3,6 +3,7 @@
 //! PostgreSQL clusters, a TCP proxy). Run one area with `scripts/test --test it sync_core::` (a name filter).
 
 mod common;
+mod connection_budget;
 
 mod alerts;
 mod bi_views;

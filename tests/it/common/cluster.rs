@@ -156,12 +156,6 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; [`PrivateCluster::start`] retries if it is taken meanwhile).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
 /// `name=value` for `-c`, single-quoted for the shell `pg_ctl` passes its `-o` through.
 fn setting(name: &str, value: &str) -> String {
     assert!(
@@ -283,7 +277,7 @@ impl PrivateCluster {
 
         // The port was free when picked; if something took it before the server bound it, pick another.
         for attempt in 1..=5 {
-            cluster.port = free_port();
+            cluster.port = super::free_port();
             let log_before = cluster.server_log().len();
             match cluster.pg_ctl_start().await {
                 Ok(()) => break,

@@ -593,3 +593,10 @@ pub async fn assert_each_session_old_or_new(
     }
     result
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; whoever binds it next races nobody in practice, and
+/// [`cluster::PrivateCluster::start`] retries if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("a bound listener has an address").port()
+}
