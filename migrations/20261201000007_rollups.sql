@@ -112,6 +112,20 @@ cross join lateral (
 where s.deleted_at is null;
 
 comment on view rollup_current_contributions is 'What each live session contributes to the rollups now, from the base tables (same columns as rollup_session_contributions). Internal to the rollups; filter on session_id.';
+-- Its columns mean what the bookkeeping's columns mean.
+do $$
+declare
+    c record;
+begin
+    for c in
+        select a.attname, col_description(a.attrelid, a.attnum) as description
+        from pg_attribute a
+        where a.attrelid = 'rollup_session_contributions'::regclass and a.attnum > 0 and not a.attisdropped
+    loop
+        execute format('comment on column rollup_current_contributions.%I is %L', c.attname, c.description);
+    end loop;
+end
+$$;
 
 -- The measures shared by the two session rollups.
 create table rollup_daily_usage (
