@@ -23,6 +23,7 @@ use super::checkpoint::{Checkpoint, WriteStats};
 use super::columns::{Column, ColumnBuffer, CopyPayload};
 use super::error::{MAX_TRANSACTION_ATTEMPTS, Retry, StoreError, StoreErrorKind};
 use super::history;
+use super::rollups;
 use super::rows::Batch;
 use super::state;
 
@@ -192,6 +193,8 @@ async fn write_in(
     }
     if allow_copy && held == Existing::None && !sessions.is_empty() {
         copy_new_sessions(tx, batch, &mut stats).await?;
+        let all: Vec<&str> = sessions.text_column("session_id").iter().flatten().map(String::as_str).collect();
+        rollups::apply(tx, &all).await?;
     } else if !sessions.is_empty() {
         let written: Vec<(String, bool)> = bind_columns(sqlx::query(MERGE_SESSIONS.as_str()), sessions)
             .try_map(|row: sqlx::postgres::PgRow| {
@@ -246,11 +249,12 @@ async fn write_in(
         // versions: of the sessions written (an unchanged one has no new version) — of all the batch's in a
         // reconcile, which so records versions that a release without history wrote since.
         let reconciling = checkpoints.iter().any(|c| matches!(c, Checkpoint::Seen { .. }));
-        let history = if reconciling {
+        // The rollups likewise, last: they read every table of the written sessions.
+        let (history, _) = if reconciling {
             let all: Vec<&str> = sessions.text_column("session_id").iter().flatten().map(String::as_str).collect();
-            history::record(tx, source, batch, &all).await?
+            (history::record(tx, source, batch, &all).await?, rollups::apply(tx, &all).await?)
         } else {
-            history::record(tx, source, batch, &written_ids).await?
+            (history::record(tx, source, batch, &written_ids).await?, rollups::apply(tx, &written_ids).await?)
         };
         stats.rows.insert(HISTORY[0], history.sessions);
         stats.rows.insert(HISTORY[1], history.pull_requests);

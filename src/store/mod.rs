@@ -15,6 +15,7 @@ mod history;
 mod keepalive;
 mod load;
 mod lock;
+mod rollups;
 mod rows;
 mod state;
 

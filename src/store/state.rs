@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
-use super::{Store, history};
+use super::{Store, history, rollups};
 
 pub(super) async fn apply_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
@@ -339,22 +339,25 @@ impl Store {
             return Err(MassDeleteRefused { missing, live, max_percent: max_fraction * 100.0 }.into());
         }
         // A deleted session's current history rows close when it is marked deleted.
-        let marked: i64 = sqlx::query_scalar(&format!(
+        let marked: Vec<String> = sqlx::query_scalar(&format!(
             "with marked as (
                  update sessions s set deleted_at = now()
                  where s.deleted_at is null and s.source = $2 and not exists (
                      select 1 from sync_reconcile_seen r where r.run_id = $1 and r.session_id = s.session_id)
                  returning s.session_id, s.deleted_at
              ), {}
-             select count(*) from marked",
+             select session_id from marked",
             history::CLOSE_DELETED
         ))
         .bind(run_id)
         .bind(source)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .context("marking sessions deleted")?;
-        let marked = marked as u64;
+        // Deleted sessions leave the rollups in the same transaction.
+        let ids: Vec<&str> = marked.iter().map(String::as_str).collect();
+        rollups::apply(&mut tx, &ids).await?;
+        let marked = marked.len() as u64;
         sqlx::query("delete from sync_reconcile_seen where run_id = $1").bind(run_id).execute(&mut *tx).await?;
         tx.commit().await.context("committing the reconcile's deletes")?;
         Ok(marked)

@@ -29,6 +29,7 @@ mod resilience_faults;
 mod resilience_input;
 mod resilience_late_data;
 mod retention;
+mod rollups;
 mod shutdown;
 mod small_holes;
 mod sources;
