@@ -77,8 +77,13 @@ impl Drop for TestDb {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
                     // Bounded: DROP DATABASE waits for every backend of the cluster to acknowledge it, and a
                     // backend stuck elsewhere must not hang the suite (at worst a test database is left behind).
-                    let sql = format!("set statement_timeout = '60s'; drop database if exists {name} with (force)");
-                    let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
+                    // Two statements: DROP DATABASE cannot run in a transaction, not even the implicit one of a
+                    // multi-statement query (which silently left every test database behind).
+                    let _ = sqlx::raw_sql("set statement_timeout = '60s'").execute(&mut conn).await;
+                    let sql = format!("drop database if exists {name} with (force)");
+                    if let Err(e) = sqlx::raw_sql(&sql).execute(&mut conn).await {
+                        eprintln!("warning: the test database {name} was left behind: {e}");
+                    }
                 }
             });
         })
