@@ -131,6 +131,11 @@ pub struct SyncSettings {
     pub reconcile_schedule: cron::Schedule,
     pub enrichment_window: Duration,
     pub enrichment_batch: usize,
+    /// How long after creation a pending session is re-fetched by every enrichment run; after that, less and less
+    /// often (see `sync::enrich`). `None` ("off"): every run, for the whole window.
+    pub enrichment_backoff_after: Option<Duration>,
+    /// The longest wait between two re-fetches of a pending session once it is backed off.
+    pub enrichment_max_interval: Duration,
     pub shutdown_grace: Duration,
     /// How far a new watermark may run ahead of the time elapsed since the last one (see `sync::clock`).
     pub clock_tolerance: Duration,
@@ -250,6 +255,8 @@ struct RawSync {
     reconcile_schedule: String,
     enrichment_window: String,
     enrichment_batch: i64,
+    enrichment_backoff_after: String,
+    enrichment_max_interval: String,
     shutdown_grace: String,
     clock_tolerance: String,
     source_concurrency: i64,
@@ -651,6 +658,8 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
         reconcile_schedule: parse_schedule("sync.reconcile_schedule", &raw.reconcile_schedule)?,
         enrichment_window: duration("sync.enrichment_window", &raw.enrichment_window)?,
         enrichment_batch: raw.enrichment_batch as usize,
+        enrichment_backoff_after: backoff_after(&raw.enrichment_backoff_after)?,
+        enrichment_max_interval: positive_duration("sync.enrichment_max_interval", &raw.enrichment_max_interval)?,
         shutdown_grace: positive_duration("sync.shutdown_grace", &raw.shutdown_grace)?,
         source: raw.source,
         lookback,
@@ -755,6 +764,19 @@ fn positive_duration(key: &'static str, text: &str) -> Result<Duration, ConfigEr
         return Err(invalid(key, "must be greater than zero"));
     }
     Ok(d)
+}
+
+/// `sync.enrichment_backoff_after`: a duration, or "off" (no backoff: every pending session on every run).
+fn backoff_after(text: &str) -> Result<Option<Duration>, ConfigError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_duration(text).map(Some).ok_or_else(|| {
+        invalid(
+            "sync.enrichment_backoff_after",
+            format!("{text:?} is not a duration; use \"off\" (re-fetch on every run) or a duration such as \"2h\""),
+        )
+    })
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
