@@ -1098,6 +1098,23 @@ mod tests {
     }
 
     #[test]
+    fn enrichment_backs_off_after_2h_up_to_12h_by_default_and_can_be_turned_off() {
+        let s = Settings::load_with_vars(None, &[]).unwrap();
+        assert_eq!(s.sync.enrichment_backoff_after, Some(Duration::from_secs(2 * 3_600)));
+        assert_eq!(s.sync.enrichment_max_interval, Duration::from_secs(12 * 3_600));
+        let off = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_BACKOFF_AFTER", "off")]).unwrap();
+        assert_eq!(off.sync.enrichment_backoff_after, None);
+        let err = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_BACKOFF_AFTER", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sync.enrichment_backoff_after:") && err.contains("off"), "{err}");
+        let err = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_MAX_INTERVAL", "0s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sync.enrichment_max_interval:"), "{err}");
+    }
+
+    #[test]
     fn history_retention_is_forever_by_default_or_a_duration() {
         assert_eq!(Settings::load_with_vars(None, &[]).unwrap().history.retention, None);
         for keep in ["forever", "", " Forever "] {

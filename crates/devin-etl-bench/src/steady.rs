@@ -168,6 +168,9 @@ async fn days(
     Ok(days)
 }
 
+/// One line of the table: what it reads from a [`Day`].
+type Figure = fn(&Day) -> u64;
+
 fn table(args: &BenchArgs, n: usize, off: &Day, on: &Day) -> String {
     let ticks = f64::from(off.ticks.max(1));
     let ratio = |a: u64, b: u64| if b == 0 { "-".to_owned() } else { format!("{:.1}×", a as f64 / b as f64) };
@@ -181,7 +184,7 @@ fn table(args: &BenchArgs, n: usize, off: &Day, on: &Day) -> String {
         on.label,
         "less"
     );
-    let rows: [(&str, fn(&Day) -> u64); 10] = [
+    let rows: [(&str, Figure); 10] = [
         ("API requests", |d| d.incremental_requests + d.enrichment_requests),
         ("  incremental requests", |d| d.incremental_requests),
         ("  enrichment requests", |d| d.enrichment_requests),
@@ -212,5 +215,5 @@ fn table(args: &BenchArgs, n: usize, off: &Day, on: &Day) -> String {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 3_600 == 0 { format!("{}h", s / 3_600) } else { format!("{}m", s / 60) }
+    if s.is_multiple_of(3_600) { format!("{}h", s / 3_600) } else { format!("{}m", s / 60) }
 }
