@@ -784,7 +784,15 @@ async fn control_endpoints() {
     assert_eq!(s.now(), START + 100);
     get(srv.addr, LIST).await;
     let r = raw(srv.addr, "GET", "/_sim/stats", None).await;
-    assert_eq!(r.json(), serde_json::json!({"sessions": 13, "requests": 1, "now": START + 100}));
+    assert_eq!(r.json(), serde_json::json!({"sessions": 13, "requests": 1, "now": START + 100, "late_pending": 0}));
+    // New sessions whose analysis and category arrive later.
+    let r = raw(srv.addr, "POST", "/_sim/create?count=5&late=1", None).await;
+    assert_eq!(r.json()["created"], 5);
+    let late = raw(srv.addr, "GET", "/_sim/stats", None).await.json()["late_pending"].as_u64();
+    assert!(late.is_some_and(|n| n > 0), "{late:?}");
+    assert_eq!(s.late_pending() as u64, late.unwrap_or_default());
+    raw(srv.addr, "POST", &format!("/_sim/advance?secs={}", 5 * 86_400), None).await;
+    assert_eq!(s.late_pending(), 0);
     assert_eq!(raw(srv.addr, "POST", "/_sim/advance?secs=x", None).await.status, 422);
     assert_eq!(raw(srv.addr, "GET", "/_sim/create", None).await.status, 405);
 }
