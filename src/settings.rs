@@ -133,6 +133,11 @@ pub struct SyncSettings {
     pub reconcile_schedule: cron::Schedule,
     pub enrichment_window: Duration,
     pub enrichment_batch: usize,
+    /// How long after creation a pending session is re-fetched by every enrichment run; after that, less and less
+    /// often (see `sync::enrich`). `None` ("off"): every run, for the whole window.
+    pub enrichment_backoff_after: Option<Duration>,
+    /// The longest wait between two re-fetches of a pending session once it is backed off.
+    pub enrichment_max_interval: Duration,
     pub shutdown_grace: Duration,
     /// How far a new watermark may run ahead of the time elapsed since the last one (see `sync::clock`).
     pub clock_tolerance: Duration,
@@ -253,6 +258,8 @@ struct RawSync {
     reconcile_schedule: String,
     enrichment_window: String,
     enrichment_batch: i64,
+    enrichment_backoff_after: String,
+    enrichment_max_interval: String,
     shutdown_grace: String,
     clock_tolerance: String,
     source_concurrency: i64,
@@ -655,6 +662,8 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
         reconcile_schedule: parse_schedule("sync.reconcile_schedule", &raw.reconcile_schedule)?,
         enrichment_window: duration("sync.enrichment_window", &raw.enrichment_window)?,
         enrichment_batch: raw.enrichment_batch as usize,
+        enrichment_backoff_after: backoff_after(&raw.enrichment_backoff_after)?,
+        enrichment_max_interval: positive_duration("sync.enrichment_max_interval", &raw.enrichment_max_interval)?,
         shutdown_grace: positive_duration("sync.shutdown_grace", &raw.shutdown_grace)?,
         source: raw.source,
         lookback,
@@ -759,6 +768,19 @@ fn positive_duration(key: &'static str, text: &str) -> Result<Duration, ConfigEr
         return Err(invalid(key, "must be greater than zero"));
     }
     Ok(d)
+}
+
+/// `sync.enrichment_backoff_after`: a duration, or "off" (no backoff: every pending session on every run).
+fn backoff_after(text: &str) -> Result<Option<Duration>, ConfigError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_duration(text).map(Some).ok_or_else(|| {
+        invalid(
+            "sync.enrichment_backoff_after",
+            format!("{text:?} is not a duration; use \"off\" (re-fetch on every run) or a duration such as \"2h\""),
+        )
+    })
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
@@ -1077,6 +1099,23 @@ mod tests {
         let file = TempConfig::new(&format!("[alerts]\nwebhook_url_file = {:?}\n", url_path.display().to_string()));
         let s = file.load(&[]).unwrap();
         assert_eq!(s.alerts.webhook_url.as_ref().map(|u| u.expose_secret()), Some("https://hooks.example/from-file"));
+    }
+
+    #[test]
+    fn enrichment_backs_off_after_2h_up_to_12h_by_default_and_can_be_turned_off() {
+        let s = Settings::load_with_vars(None, &[]).unwrap();
+        assert_eq!(s.sync.enrichment_backoff_after, Some(Duration::from_secs(2 * 3_600)));
+        assert_eq!(s.sync.enrichment_max_interval, Duration::from_secs(12 * 3_600));
+        let off = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_BACKOFF_AFTER", "off")]).unwrap();
+        assert_eq!(off.sync.enrichment_backoff_after, None);
+        let err = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_BACKOFF_AFTER", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sync.enrichment_backoff_after:") && err.contains("off"), "{err}");
+        let err = Settings::load_with_vars(None, &[("DEVIN_ETL__SYNC__ENRICHMENT_MAX_INTERVAL", "0s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sync.enrichment_max_interval:"), "{err}");
     }
 
     #[test]

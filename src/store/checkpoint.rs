@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::enrichment::BackoffPolicy;
+
 /// Progress that commits together with a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Checkpoint {
@@ -13,6 +15,8 @@ pub enum Checkpoint {
     WindowDone { source: String, created_after: i64, created_before: i64, sessions: i64 },
     /// A reconcile run saw these sessions.
     Seen { run_id: i64, session_ids: Vec<String> },
+    /// An enrichment run re-fetched these backed-off sessions at server time `now`: their backoff moves on.
+    EnrichmentFetched { session_ids: Vec<String>, now: i64, policy: BackoffPolicy },
 }
 
 /// What a batch wrote.

@@ -260,7 +260,9 @@ async fn write_in(
         stats.rows.insert(HISTORY[1], history.pull_requests);
     }
     for checkpoint in checkpoints {
-        state::apply_checkpoint(tx, checkpoint).await?;
+        if let Some((table, n)) = state::apply_checkpoint(tx, checkpoint).await? {
+            *stats.rows.entry(table).or_default() += n;
+        }
     }
     Ok(stats)
 }

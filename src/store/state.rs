@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::checkpoint::{Checkpoint, WatermarkUpdate, WriteStats};
-use super::{Store, history, rollups};
+use super::{Store, enrichment, history, rollups};
 
+/// Applies `checkpoint` in the batch's transaction; returns the rows it wrote to a table of its own, if any (the
+/// enrichment backoff), to count with the batch's writes.
 pub(super) async fn apply_checkpoint(
     tx: &mut Transaction<'_, Postgres>,
     checkpoint: &Checkpoint,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<(&'static str, u64)>> {
     match checkpoint {
         Checkpoint::Watermark { source, update } => set_watermark(tx, source, update).await?,
         Checkpoint::WindowDone { source, created_after, created_before, sessions } => {
@@ -42,8 +44,12 @@ pub(super) async fn apply_checkpoint(
             .await
             .context("recording the sessions a reconcile saw")?;
         }
+        Checkpoint::EnrichmentFetched { session_ids, now, policy } => {
+            let written = enrichment::record_fetched(tx, session_ids, *now, *policy).await?;
+            return Ok(Some(("sync_enrichment_backoff", written)));
+        }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The watermark and what `sync::clock` knows of the API's clock.

@@ -35,7 +35,9 @@ pub enum OnComplete {
     Watermark { source: String, settle_secs: i64, clock: RunClock },
     /// Record the backfill window as done.
     Window { source: String, created_after: i64, created_before: i64 },
-    /// Nothing (re-fetches by id, reconcile windows).
+    /// This checkpoint (an enrichment batch's backoff).
+    Checkpoint(Checkpoint),
+    /// Nothing (reconcile windows, enrichment batches of young sessions only).
     Nothing,
 }
 
@@ -275,6 +277,7 @@ fn completion(on_complete: &OnComplete, stats: &mut WalkStats) -> Vec<Checkpoint
             created_before: *created_before,
             sessions: stats.items as i64,
         }],
+        OnComplete::Checkpoint(checkpoint) => vec![checkpoint.clone()],
         OnComplete::Nothing => Vec::new(),
     }
 }

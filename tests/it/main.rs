@@ -13,6 +13,7 @@ mod daemon;
 mod db_faults;
 mod deploy_files;
 mod drift;
+mod enrichment_backoff;
 mod fuzz_decode;
 mod history;
 mod history_views;

@@ -38,4 +38,13 @@ pub struct BenchArgs {
     /// Seconds to wait for the simulator to generate its sessions and answer.
     #[arg(long, default_value_t = 600)]
     pub simulator_timeout: u64,
+    /// Instead of the phases above: simulate this many ticks (15 minutes each; 96 = a day) after a backfill, each
+    /// changing 0.1% of the sessions, once with the enrichment backoff off and once on, and report API requests and
+    /// rows written per day (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub steady_state_ticks: u32,
+    /// New sessions per simulated day in --steady-state-ticks (part of the 0.1% changed per tick); default: the data
+    /// set's own rate, sessions / 730 days.
+    #[arg(long)]
+    pub steady_state_creates_per_day: Option<f64>,
 }

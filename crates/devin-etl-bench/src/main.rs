@@ -1,6 +1,7 @@
 //! `devin-etl-bench`: measures backfill, incremental and no-op runs against the simulator in a separate
 //! process, next to the two floors (fetch-only and COPY-only), and checks the figures against issue 5's targets.
-//! Run it with `cargo run --release -p devin-etl-bench -- [ARGS]` (docs/performance.md).
+//! Run it with `cargo run --release -p devin-etl-bench -- [ARGS]` (docs/performance.md). With
+//! `--steady-state-ticks N` it simulates N ticks of the daemon instead (`steady.rs`).
 //!
 //! One run, in this order:
 //! 1. the simulator starts as a child process (this program with `--serve-simulator`), so its CPU and memory are
@@ -23,6 +24,7 @@ mod floors;
 mod measure;
 mod report;
 mod sim_process;
+mod steady;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -93,6 +95,12 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         "--database {:?} must be a plain lowercase identifier (it is dropped and recreated)",
         args.database
     );
+    if args.steady_state_ticks > 0 {
+        return tokio::select! {
+            result = steady::run(settings, &args) => result,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the simulator was stopped"),
+        };
+    }
     tokio::select! {
         result = bench(settings, &args) => result,
         // Returning drops the simulator guard, which kills the child.

@@ -17,11 +17,11 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use devin_api_model::SessionInsights;
+use devin_api_model::{Analysis, SessionInsights};
 
 /// The bearer token the simulator accepts unless configured otherwise.
 pub const DEFAULT_TOKEN: &str = "cog_simulator_token";
@@ -226,6 +226,15 @@ struct Inner {
     principals: data::Principals,
     /// Cached `total` per filter set, valid for one store version (a walk asks the same count per page).
     totals: Mutex<Vec<(String, u64, usize)>>,
+    /// Analysis and categories withheld by [`Simulator::create_late`], by (arrival time, order of scheduling).
+    late: Mutex<BTreeMap<(i64, u64), (String, Late)>>,
+    late_scheduled: AtomicU64,
+}
+
+/// What arrives late for a session, without bumping its `updated_at`.
+enum Late {
+    Analysis(Box<Analysis>),
+    Category(Option<String>, Option<String>),
 }
 
 /// The simulator: data, clock, switches and fault queue. Cheap to clone (an `Arc` inside).
@@ -303,6 +312,8 @@ impl Simulator {
             rng: Mutex::new(data::Rng::new(config.seed ^ 0xC4A1_6E5E_ED00_0001)),
             principals: data::Principals::new(config.seed),
             totals: Mutex::new(Vec::new()),
+            late: Mutex::new(BTreeMap::new()),
+            late_scheduled: AtomicU64::new(0),
             config,
         };
         Simulator { inner: Arc::new(inner) }
@@ -331,11 +342,73 @@ impl Simulator {
     pub fn set_now(&self, t: i64) {
         let v = if self.inner.config.manual_clock { t } else { t - real_now() };
         self.inner.clock.store(v, Ordering::SeqCst);
+        self.deliver_late();
     }
 
     /// Moves the simulation clock by `secs` (may be negative).
     pub fn advance(&self, secs: i64) {
         self.inner.clock.fetch_add(secs, Ordering::SeqCst);
+        self.deliver_late();
+    }
+
+    /// As [`Simulator::create`], but the new sessions' analysis and category are withheld and arrive later, each
+    /// on its own, without bumping `updated_at` — as upstream is believed to behave (insights are generated on
+    /// demand, categories filled in later). Of those a session has, an analysis arrives 1 min to 1 h after
+    /// creation (85%) or 1 h to 5 days after (15%: asked for later); a category 5 min to 2 h after (80%) or 2 h to
+    /// 3 days after (20%). A session generated without them (about 30% and 15%) never gets them. Arrivals happen
+    /// when the clock is moved ([`Simulator::advance`], [`Simulator::set_now`]) or a list request is served.
+    pub fn create_late(&self, n: usize) -> Vec<String> {
+        let ids = self.create(n);
+        let now = self.now();
+        for id in &ids {
+            let mut withheld = None;
+            self.modify_keep_updated_at(id, |s| {
+                withheld = Some((s.analysis.take(), s.category.take(), s.subcategory.take()));
+            });
+            let Some((analysis, category, subcategory)) = withheld else { continue };
+            let mut arrivals = Vec::new();
+            {
+                let mut rng = lock(&self.inner.rng);
+                if let Some(analysis) = analysis {
+                    let delay = if rng.pct(85) { rng.range_i64(60, 3_600) } else { rng.range_i64(3_600, 5 * 86_400) };
+                    arrivals.push((now + delay, Late::Analysis(Box::new(analysis))));
+                }
+                if category.is_some() {
+                    let delay = if rng.pct(80) { rng.range_i64(300, 7_200) } else { rng.range_i64(7_200, 3 * 86_400) };
+                    arrivals.push((now + delay, Late::Category(category, subcategory)));
+                }
+            }
+            let mut late = lock(&self.inner.late);
+            for (at, what) in arrivals {
+                let order = self.inner.late_scheduled.fetch_add(1, Ordering::SeqCst);
+                late.insert((at, order), (id.clone(), what));
+            }
+        }
+        ids
+    }
+
+    /// Withheld analysis and categories not arrived yet.
+    pub fn late_pending(&self) -> usize {
+        lock(&self.inner.late).len()
+    }
+
+    /// Applies every withheld piece whose time has come.
+    pub(crate) fn deliver_late(&self) {
+        let now = self.now();
+        let due: Vec<(String, Late)> = {
+            let mut late = lock(&self.inner.late);
+            if late.first_key_value().is_none_or(|((at, _), _)| *at > now) {
+                return;
+            }
+            let rest = late.split_off(&(now + 1, 0));
+            std::mem::replace(&mut *late, rest).into_values().collect()
+        };
+        for (id, what) in due {
+            self.modify_keep_updated_at(&id, |s| match what {
+                Late::Analysis(a) => s.analysis = Some(*a),
+                Late::Category(c, sub) => (s.category, s.subcategory) = (c, sub),
+            });
+        }
     }
 
     /// The truth: every session the API would return (without filters), sorted by `session_id`.

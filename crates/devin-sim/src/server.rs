@@ -262,13 +262,20 @@ async fn handle(sim: &Simulator, req: &Request) -> Reply {
                 Ok(n) => usize::try_from(n).unwrap_or(0),
                 Err(r) => return r,
             };
+            let late = match control_int(query, "late", 0) {
+                Ok(n) => n != 0,
+                Err(r) => return r,
+            };
             let creating = path == "/_sim/create";
             let s = sim.clone();
             // Large batches take a while (generation + serialization): keep them off the async workers.
-            let ids =
-                tokio::task::spawn_blocking(move || if creating { s.create(count) } else { s.update_some(count) })
-                    .await
-                    .unwrap_or_default();
+            let ids = tokio::task::spawn_blocking(move || match (creating, late) {
+                (true, true) => s.create_late(count),
+                (true, false) => s.create(count),
+                (false, _) => s.update_some(count),
+            })
+            .await
+            .unwrap_or_default();
             let key = if creating { "created" } else { "updated" };
             Reply::json(200, json!({ key: ids.len(), "ids": ids, "now": sim.now() }).to_string().into_bytes())
         }
@@ -283,6 +290,7 @@ async fn handle(sim: &Simulator, req: &Request) -> Reply {
             let body = json!({
                 "sessions": sim.len(),
                 "requests": lock(&sim.inner.requests).len(),
+                "late_pending": sim.late_pending(),
                 "now": sim.now(),
             });
             Reply::json(200, body.to_string().into_bytes())
@@ -310,6 +318,8 @@ fn control_int(query: &str, name: &str, default: i64) -> Result<i64, Reply> {
 
 /// The list endpoint: fault schedule, auth, validation, page.
 async fn list(sim: &Simulator, req: &Request) -> Reply {
+    // With a real clock, time moves without `advance`: what is due by now has arrived.
+    sim.deliver_late();
     let fault = sim.next_fault();
     let switches = sim.switches();
     let malformed = matches!(fault, Some(Fault::MalformedItem));

@@ -281,6 +281,33 @@ fn clock_manual_and_real() {
 }
 
 #[test]
+fn late_analysis_and_category_arrive_later_without_bumping_updated_at() {
+    let s = sim(20);
+    s.set_now(START + 100);
+    let ids = s.create_late(400);
+    let created: Vec<SessionInsights> = ids.iter().map(|id| s.session(id).expect("created")).collect();
+    assert!(created.iter().all(|x| x.analysis.is_none() && x.category.is_none() && x.updated_at == START + 100));
+    let pending = s.late_pending();
+    assert!(pending > 400, "most sessions get analysis or category later: {pending}");
+    let have = |s: &Simulator| {
+        let now: Vec<SessionInsights> = ids.iter().map(|id| s.session(id).expect("kept")).collect();
+        let analysis = now.iter().filter(|x| x.analysis.is_some()).count();
+        let category = now.iter().filter(|x| x.category.is_some()).count();
+        assert!(now.iter().all(|x| x.updated_at == START + 100), "late data does not bump updated_at");
+        (analysis, category)
+    };
+    s.advance(2 * 3_600);
+    let (analysis_2h, category_2h) = have(&s);
+    s.advance(5 * 86_400);
+    let (analysis, category) = have(&s);
+    assert_eq!(s.late_pending(), 0, "everything has arrived after 5 days");
+    // About 70% and 85% get them at all; most of those within two hours.
+    assert!((240..=320).contains(&analysis) && (300..=380).contains(&category), "{analysis} {category}");
+    assert!(analysis_2h * 100 >= analysis * 75 && category_2h * 100 >= category * 70, "{analysis_2h} {category_2h}");
+    assert!(analysis_2h < analysis && category_2h < category, "some arrive days later");
+}
+
+#[test]
 fn modify_put_remove_create_update() {
     let s = sim(100);
     let id = s.sessions()[0].session_id.clone();
@@ -757,7 +784,15 @@ async fn control_endpoints() {
     assert_eq!(s.now(), START + 100);
     get(srv.addr, LIST).await;
     let r = raw(srv.addr, "GET", "/_sim/stats", None).await;
-    assert_eq!(r.json(), serde_json::json!({"sessions": 13, "requests": 1, "now": START + 100}));
+    assert_eq!(r.json(), serde_json::json!({"sessions": 13, "requests": 1, "now": START + 100, "late_pending": 0}));
+    // New sessions whose analysis and category arrive later.
+    let r = raw(srv.addr, "POST", "/_sim/create?count=5&late=1", None).await;
+    assert_eq!(r.json()["created"], 5);
+    let late = raw(srv.addr, "GET", "/_sim/stats", None).await.json()["late_pending"].as_u64();
+    assert!(late.is_some_and(|n| n > 0), "{late:?}");
+    assert_eq!(s.late_pending() as u64, late.unwrap_or_default());
+    raw(srv.addr, "POST", &format!("/_sim/advance?secs={}", 5 * 86_400), None).await;
+    assert_eq!(s.late_pending(), 0);
     assert_eq!(raw(srv.addr, "POST", "/_sim/advance?secs=x", None).await.status, 422);
     assert_eq!(raw(srv.addr, "GET", "/_sim/create", None).await.status, 405);
 }
