@@ -135,8 +135,8 @@ create table rollup_daily_usage (
     category text not null,
     sessions bigint not null,
     acus numeric not null,
-    user_messages bigint not null,
-    devin_messages bigint not null,
+    user_messages numeric not null,
+    devin_messages numeric not null,
     sessions_with_pr bigint not null,
     sessions_with_merged_pr bigint not null,
     sessions_with_analysis bigint not null,
@@ -168,8 +168,8 @@ create table rollup_daily_starters (
     session_size text not null,
     sessions bigint not null,
     acus numeric not null,
-    user_messages bigint not null,
-    devin_messages bigint not null,
+    user_messages numeric not null,
+    devin_messages numeric not null,
     sessions_with_pr bigint not null,
     sessions_with_merged_pr bigint not null,
     sessions_with_analysis bigint not null,
@@ -341,8 +341,8 @@ begin
         select day, org_id, origin, category, started_by, started_by_kind, session_size,
                sign as sessions,
                sign * acus::numeric as acus,
-               sign * user_messages as user_messages,
-               sign * devin_messages as devin_messages,
+               sign * user_messages::numeric as user_messages,
+               sign * devin_messages::numeric as devin_messages,
                sign * (cardinality(pr_repos) > 0)::int as sessions_with_pr,
                sign * (array_position(pr_states, 'merged') is not null)::int as sessions_with_merged_pr,
                sign * has_analysis::int as sessions_with_analysis,
@@ -504,8 +504,9 @@ select
     category,
     sessions,
     acus::double precision as acus,
-    user_messages,
-    devin_messages,
+    -- Stored as numeric so that no absurd count from the API can fail a write; bigint as the view always said.
+    user_messages::bigint as user_messages,
+    devin_messages::bigint as devin_messages,
     sessions_with_pr,
     sessions_with_merged_pr,
     sessions_with_analysis,
@@ -572,7 +573,7 @@ having sum(action_items) > 0;
 -- New views on the rollups, for dashboards that slice what the per-session views would otherwise count row by row.
 create view v_daily_starters as
 select day, org_id, started_by, started_by_kind, session_size, sessions, acus::double precision as acus,
-       user_messages, devin_messages, sessions_with_pr, sessions_with_merged_pr, sessions_with_analysis, prs,
+       user_messages::bigint as user_messages, devin_messages::bigint as devin_messages, sessions_with_pr, sessions_with_merged_pr, sessions_with_analysis, prs,
        merged_prs
 from rollup_daily_starters
 where sessions > 0;

@@ -105,11 +105,17 @@ impl Machine {
     }
 }
 
+/// One table's size on disk, in bytes: everything (TOAST included), the heap alone, its indexes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TableSize {
+    pub(crate) table: String,
+    pub(crate) total: i64,
+    pub(crate) heap: i64,
+    pub(crate) indexes: i64,
+}
+
 /// The size on disk of every table of `schema`, largest first.
-pub(crate) async fn table_sizes(
-    conn: &mut PgConnection,
-    schema: &str,
-) -> anyhow::Result<Vec<crate::report::TableSize>> {
+pub(crate) async fn table_sizes(conn: &mut PgConnection, schema: &str) -> anyhow::Result<Vec<TableSize>> {
     sqlx::query_as(
         "select c.relname::text as table, pg_total_relation_size(c.oid) as total,
                 pg_relation_size(c.oid) as heap, pg_indexes_size(c.oid) as indexes

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::args::BenchArgs;
-use crate::database::Machine;
+use crate::database::{Machine, TableSize};
 use crate::measure::Phase;
 
 /// Issue 5's targets.
@@ -33,15 +33,6 @@ pub(crate) struct Report {
     /// Sessions the no-change reconcile wrote or marked deleted (must be 0).
     pub(crate) reconcile_written: u64,
     pub(crate) table_sizes: Vec<TableSize>,
-}
-
-/// One table's size on disk, in bytes: everything (TOAST included), the heap alone, its indexes.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct TableSize {
-    pub(crate) table: String,
-    pub(crate) total: i64,
-    pub(crate) heap: i64,
-    pub(crate) indexes: i64,
 }
 
 /// A PASS/FAIL line.
