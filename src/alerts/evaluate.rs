@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::payload::Scrubber;
 use crate::human;
+use crate::store::DriftRow;
 use crate::store::Store;
-use crate::store::alerts::{DriftRow, FinishedRun, NewAlert};
+use crate::store::alerts::{FinishedRun, NewAlert};
 use crate::store::health::LastSuccess;
 
 /// What one condition of one source calls for.
@@ -64,7 +65,21 @@ pub async fn evaluate(
             apply(store, verdict, scrubber, &mut done).await?;
         }
     }
-    for row in store.drift_rows(sources).await? {
+    // The oldest first, so that alerts are raised (and sent) in the order the drift appeared.
+    let mut rows = Vec::new();
+    for source in sources {
+        rows.extend(store.drift_report(Some(source)).await?);
+    }
+    rows.sort_by(|a, b| {
+        (a.first_seen, &a.source, &a.path, &a.kind, &a.value).cmp(&(
+            b.first_seen,
+            &b.source,
+            &b.path,
+            &b.kind,
+            &b.value,
+        ))
+    });
+    for row in rows {
         let alert = scrubbed(drift(&row), scrubber);
         if store.raise_alert(&alert, true).await? {
             done.raised.push(alert.key);

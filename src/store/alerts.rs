@@ -1,5 +1,5 @@
-//! The `alerts` table (one row per incident) and what the alert conditions read from `sync_runs` and
-//! `schema_drift`. Raising is an insert that does nothing when the incident is already open (the partial unique
+//! The `alerts` table (one row per incident) and what the alert conditions read from `sync_runs` (drift rows come
+//! from `Store::drift_report`). Raising is an insert that does nothing when the incident is already open (the partial unique
 //! indexes), so replicas evaluating at once raise it once; delivery claims one row at a time with a lease.
 
 use std::time::Duration;
@@ -50,18 +50,6 @@ pub struct FinishedRun {
     pub error_kind: Option<String>,
 }
 
-/// One row of `schema_drift`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DriftRow {
-    pub source: String,
-    pub path: String,
-    pub kind: String,
-    pub value: String,
-    pub first_seen: DateTime<Utc>,
-    pub times_seen: i64,
-    pub example_session_id: Option<String>,
-}
-
 /// Rows still to be delivered: firing not yet accepted, or resolved (not one-shot) not yet accepted.
 const PENDING: &str =
     "(fired_sent_at is null or (resolved_at is not null and resolved_sent_at is null and not one_shot))";
@@ -102,18 +90,6 @@ impl Store {
         .await
         .context("reading the first run of the source from sync_runs")?;
         Ok(age.map(|secs| Duration::from_secs_f64(secs.max(0.0))))
-    }
-
-    /// Every row of `schema_drift` of `sources`.
-    pub async fn drift_rows(&self, sources: &[String]) -> anyhow::Result<Vec<DriftRow>> {
-        sqlx::query_as(
-            "select source, path, kind, value, first_seen, times_seen, example_session_id from schema_drift
-             where source = any($1) order by first_seen, source, path, kind, value",
-        )
-        .bind(sources)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading schema_drift")
     }
 
     /// Raises `alert` unless the same key is open already (for a `one_shot` event — sent once, never resolved —
