@@ -206,6 +206,8 @@ const SESSIONS: TableDef = TableDef {
         text("suggested_prompt_original"),
         text("suggested_prompt"),
         col("raw", "jsonb", Jsonb),
+        // Of `raw` and of how it becomes rows (`content_hash.rs`): an unchanged re-read is skipped by the merge.
+        col("content_hash", "bigint", Int8),
         // The merge never changes it (see `load.rs`).
         text("source"),
     ],
@@ -216,6 +218,8 @@ const SESSIONS: TableDef = TableDef {
         "synced_at",
         // Set by reconcile (soft delete); the merge clears it when the session comes back.
         "deleted_at",
+        // Default now() on insert; the merge sets now() with the hash (a hash is trusted while it equals synced_at).
+        "content_hash_at",
     ],
 };
 

@@ -6,8 +6,8 @@
 //! are then recorded in the history tables (`history.rs`), in the same transaction.
 //!
 //! Merge rules: a session is written when it is new, when its `updated_at` is newer, or when it is as new but
-//! its content differs (late analysis does not bump `updated_at`) or it was soft-deleted. An older copy never
-//! overwrites a newer one. Child rows of every written session are replaced as a set; unchanged sessions cost
+//! its content differs (late analysis does not bump `updated_at`; the content hash tells, `content_hash.rs`) or it
+//! was soft-deleted. An older copy never overwrites a newer one. Child rows of every written session are replaced as a set; unchanged sessions cost
 //! no writes at all.
 
 use std::sync::LazyLock;
@@ -53,14 +53,25 @@ static MERGE_SESSIONS: LazyLock<String> = LazyLock::new(|| {
         .filter(|c| !matches!(*c, "session_id" | "source"))
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
+    // An item whose content hash the session holds (and trusts: see the migration) is left out before its JSON is
+    // even parsed: an unchanged re-read costs one index probe. The others are compared as before; a session whose
+    // hash is missing or stale (a release without hashes wrote it) is rewritten once even when equal, which records
+    // its hash and brings its history and rollups up to date.
     format!(
         "{insert}
+        where not exists (
+            select 1 from sessions s
+            where s.session_id = x.session_id and s.content_hash = x.content_hash
+              and s.content_hash_at = s.synced_at and s.deleted_at is null and s.source = x.source)
         order by session_id
-        on conflict (session_id) do update set {set}, synced_at = now(), deleted_at = null
+        on conflict (session_id) do update set {set}, synced_at = now(), content_hash_at = now(), deleted_at = null
         where t.source = excluded.source
           and (excluded.updated_at > t.updated_at
                or (excluded.updated_at = t.updated_at
-                   and (excluded.raw is distinct from t.raw or t.deleted_at is not null)))
+                   and (t.content_hash is distinct from excluded.content_hash
+                        or t.content_hash_at is distinct from t.synced_at
+                        or t.deleted_at is not null
+                        or excluded.raw is distinct from t.raw)))
         returning t.session_id, (t.xmax = 0) as inserted",
         insert = insert_from_unnest(sessions),
         set = set.join(", "),
@@ -246,16 +257,11 @@ async fn write_in(
             }
         }
         // History once every table of the batch is written, comparing the warehouse's new state with the latest
-        // versions: of the sessions written (an unchanged one has no new version) — of all the batch's in a
-        // reconcile, which so records versions that a release without history wrote since.
-        let reconciling = checkpoints.iter().any(|c| matches!(c, Checkpoint::Seen { .. }));
+        // versions of the sessions written (an unchanged one has no new version). A session that a release without
+        // history or rollups wrote is among them: its content hash no longer matches, so the merge rewrote it.
+        let history = history::record(tx, source, batch, &written_ids).await?;
         // The rollups likewise, last: they read every table of the written sessions.
-        let (history, _) = if reconciling {
-            let all: Vec<&str> = sessions.text_column("session_id").iter().flatten().map(String::as_str).collect();
-            (history::record(tx, source, batch, &all).await?, rollups::apply(tx, &all).await?)
-        } else {
-            (history::record(tx, source, batch, &written_ids).await?, rollups::apply(tx, &written_ids).await?)
-        };
+        rollups::apply(tx, &written_ids).await?;
         stats.rows.insert(HISTORY[0], history.sessions);
         stats.rows.insert(HISTORY[1], history.pull_requests);
     }

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod catalogue;
 mod checkpoint;
 mod columns;
+mod content_hash;
 mod drift;
 mod enrichment;
 pub mod error;

@@ -169,6 +169,7 @@ impl Batch {
             .opt_text("suggested_prompt_original", r.suggested_prompt_original)
             .opt_text("suggested_prompt", r.suggested_prompt)
             .json("raw", r.raw)
+            .int("content_hash", super::content_hash::content_hash(r.raw))
             .text("source", r.source)
             .end_row();
     }

@@ -330,9 +330,10 @@ async fn one_response_with_a_clock_a_day_ahead_never_makes_later_runs_skip_updat
             .fetch_one(world.store().pool())
             .await
             .unwrap();
-    // The drift is measured against the database's clock at a 1 s resolution of the Date header: 86400 s ± 1.
+    // The drift is measured against the database's clock at a 1 s resolution of the Date header: 86400 s ± 1,
+    // plus the delay between the response and the reading of the elapsed time, seconds on a loaded machine.
     let drift = anomaly.as_deref().and_then(|a| a.split("s ahead").next()?.rsplit(' ').next()?.parse::<i64>().ok());
-    assert!(drift.is_some_and(|d| (86_399..=86_401).contains(&d)), "recorded: {anomaly:?}");
+    assert!(drift.is_some_and(|d| (86_395..=86_401).contains(&d)), "recorded: {anomaly:?}");
     let status = devin_etl::status::collect(world.store(), "devin").await.unwrap();
     assert!(devin_etl::status::render(&status).contains("clock anomaly"), "shown by status");
 

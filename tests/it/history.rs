@@ -489,15 +489,18 @@ async fn upgrading_starts_history_from_the_live_sessions_and_a_reconcile_catches
     assert_history_consistent(&pool).await;
 
     // A rollback: a release without history writes the next change of the session (here: this release's write,
-    // then its history version removed again). Re-reading the unchanged session adds nothing; the next reconcile,
-    // which compares every session, records the version from its updated_at.
+    // then its history version removed again and its row left as that release's merge leaves it: synced_at moved
+    // on, the content hash not). The next read of the session by this release — the incremental lookback or, at
+    // the latest, the next reconcile — sees the hash left behind, rewrites the session and records the version
+    // from its updated_at.
     app.sim.advance(60);
     app.sim.modify(&id, |s| s.acus_consumed += 1.0);
     app.syncer.sync(None).await.unwrap();
     sqlx::raw_sql(&format!(
         "delete from session_history where session_id = '{id}' and valid_to is null;
          update session_history set valid_to = null
-         where session_id = '{id}' and valid_from = (select max(valid_from) from session_history where session_id = '{id}')"
+         where session_id = '{id}' and valid_from = (select max(valid_from) from session_history where session_id = '{id}');
+         update sessions set synced_at = clock_timestamp() where session_id = '{id}'"
     ))
     .execute(&pool)
     .await
@@ -505,11 +508,17 @@ async fn upgrading_starts_history_from_the_live_sessions_and_a_reconcile_catches
     assert_eq!(history(&pool).await, versions);
     app.sim.advance(30);
     app.syncer.sync(None).await.unwrap();
-    assert_eq!(history(&pool).await, versions, "an incremental run compares only the sessions it wrote");
     app.syncer.run_once(Mode::Reconcile).await.unwrap();
     let caught_up = history(&pool).await;
     let session = app.sim.session(&id).unwrap();
     assert_eq!(caught_up[&id].len(), 3);
     assert_eq!(caught_up[&id][2], Version::of(&session, session.updated_at as f64, None));
     assert_history_consistent(&pool).await;
+    let untrusted: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where content_hash is null or content_hash_at is distinct from synced_at",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(untrusted, 0, "every session read again holds a hash it can trust");
 }

@@ -8,6 +8,7 @@ mod connection_budget;
 mod alerts;
 mod bi_views;
 mod catalogue;
+mod content_hash;
 mod crash_safety;
 mod daemon;
 mod db_faults;

@@ -161,7 +161,7 @@ fn keyed(table: &str, rows: Vec<Value>) -> BTreeMap<String, Value> {
 /// Every row of `table`; timestamps of `sessions` as UTC ISO-8601, its bookkeeping columns and `raw` left out.
 async fn warehouse_rows(store: &devin_etl::store::Store, table: &str) -> BTreeMap<String, Value> {
     let sql = if table == "sessions" {
-        r#"select to_jsonb(t) - 'raw' - 'first_synced_at' - 'synced_at'
+        r#"select to_jsonb(t) - 'raw' - 'first_synced_at' - 'synced_at' - 'content_hash' - 'content_hash_at'
                || jsonb_build_object(
                    'created_at', to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                    'updated_at', to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))

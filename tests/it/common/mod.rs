@@ -194,7 +194,7 @@ pub fn canonical(v: Value) -> Value {
 /// Rows of `table` as JSON objects keyed by `key_sql`, timestamps as Unix seconds, bookkeeping columns dropped.
 pub async fn actual_rows(store: &Store, table: &str, key_sql: &str) -> BTreeMap<String, Value> {
     let sql = if table == "sessions" {
-        "select session_id, to_jsonb(t) - 'raw' - 'first_synced_at' - 'synced_at' \
+        "select session_id, to_jsonb(t) - 'raw' - 'first_synced_at' - 'synced_at' - 'content_hash' - 'content_hash_at' \
             || jsonb_build_object('created_at', extract(epoch from created_at)::bigint, \
                                   'updated_at', extract(epoch from updated_at)::bigint) from sessions t"
             .to_owned()
