@@ -8,6 +8,7 @@ pub mod catalogue;
 mod checkpoint;
 mod columns;
 mod content_hash;
+mod deferred;
 mod drift;
 mod enrichment;
 pub mod error;

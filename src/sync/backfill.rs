@@ -89,11 +89,35 @@ pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<Walk
         concurrency = syncer.settings().sync.backfill_concurrency,
         "backfill planned"
     );
-    let mut total = walk_windows(syncer, all.len(), todo, |window| {
+    // Like pg_restore: into an empty warehouse, load first, then build the secondary indexes and check the foreign
+    // keys once (`store/deferred.rs`). Whatever an earlier, interrupted backfill deferred is re-created first.
+    store.restore_deferred_ddl().await?;
+    match store.defer_ddl_for_first_load().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            objects = n,
+            "first load into an empty warehouse: indexes and foreign keys deferred to its end"
+        ),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "loading with every index in place"),
+    }
+    let walked = walk_windows(syncer, all.len(), todo, |window| {
         let (created_after, created_before) = window.key();
         (OnComplete::Window { source: source.clone(), created_after, created_before }, None)
     })
-    .await?;
+    .await;
+    // Also after a failed walk: the warehouse must not stay without its indexes until the next backfill. The
+    // backfill completes (and the watermark moves) only once they are back.
+    let restore_started = std::time::Instant::now();
+    let restored = store.restore_deferred_ddl().await;
+    let mut total = walked?;
+    match restored.context("re-creating the indexes and foreign keys deferred for the load")? {
+        0 => {}
+        n => tracing::info!(
+            objects = n,
+            seconds = restore_started.elapsed().as_secs_f64(),
+            "built the deferred indexes and validated the deferred foreign keys"
+        ),
+    }
     total.pages += 1; // the clock probe
 
     // The watermark is the server's time when the backfill began (or less, if a response of this run said

@@ -233,6 +233,20 @@ impl Syncer {
         self.locked(async |syncer| syncer.run_locked(mode, since).await).await
     }
 
+    /// Re-creates the indexes and foreign keys that a first backfill deferred and did not get to re-create (it
+    /// died half-way): the data are right without them, so a failure here is a warning, not a failed run.
+    async fn restore_deferred_ddl(&self) {
+        match self.store.restore_deferred_ddl().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(objects = n, "re-created the indexes and foreign keys an unfinished backfill deferred")
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot re-create the indexes and foreign keys a backfill deferred; queries are slower until it succeeds (retried at every run)")
+            }
+        }
+    }
+
     /// One run on a syncer that holds the source's lock.
     pub(super) async fn run_locked(&self, mode: Mode, since: Option<i64>) -> anyhow::Result<RunOutcome> {
         let state = self.store.clock_state(self.source()).await?;
@@ -249,6 +263,9 @@ impl Syncer {
         let span = tracing::info_span!("run", run_id, mode = mode.as_str(), source = self.source());
         let stats_before = self.api_counts();
         let result = async {
+            if mode != Mode::Backfill {
+                self.restore_deferred_ddl().await;
+            }
             match mode {
                 Mode::Incremental => self.incremental(clock, since).await.map(Work::from),
                 Mode::Backfill => backfill::run(self, clock).await.map(Work::from),
