@@ -58,6 +58,20 @@ pub async fn small_store(settings: &Settings) -> anyhow::Result<Store> {
     Store::connect(&settings.database, SMALL_POOL).await
 }
 
+/// The longest statement of the HTTP endpoints' pool (server side): the status page, `/readyz`, `/metrics` and the
+/// alerter read a few rows each; a database too slow for that gets its statements cancelled rather than more and
+/// more of them waiting.
+pub const HTTP_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The daemon's HTTP endpoints' pool ([`small_store`]), with `statement_timeout` and `lock_timeout` at most
+/// [`HTTP_STATEMENT_TIMEOUT`].
+pub async fn http_store(settings: &Settings) -> anyhow::Result<Store> {
+    let mut database = settings.database.clone();
+    database.statement_timeout = database.statement_timeout.min(HTTP_STATEMENT_TIMEOUT);
+    database.lock_timeout = database.lock_timeout.min(HTTP_STATEMENT_TIMEOUT);
+    Store::connect(&database, SMALL_POOL).await
+}
+
 /// A migrated store with a small pool: for the commands that do not sync.
 pub async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = small_store(settings).await?;

@@ -1,5 +1,12 @@
-//! The small HTTP surface of `devin-etl run` (`server.listen`, default `0.0.0.0:9187`):
+//! The small HTTP surface of `devin-etl run` (`server.listen`, default `0.0.0.0:9187`; `"off"`: none of it):
 //!
+//! - `/`: the status page (see [`crate::status_page`]): per source the watermark and its lag, readiness, the last
+//!   runs with their outcome and error, backfill progress, drift and alerts; rows per table. Server-rendered HTML
+//!   without scripts, refreshing itself every 30 s. Its facts come from [`crate::status`], as `devin-etl status`'s
+//!   do, and readiness from the same function as `/readyz`. Bounded: one gathering at a time on the endpoints' small
+//!   pool (whose statements time out after [`crate::app::HTTP_STATEMENT_TIMEOUT`]), at most [`PAGE_TIMEOUT`] long,
+//!   its result reused for [`PAGE_REUSE`]; a slow database makes the page answer 503, never pile up queries. Every
+//!   secret of the configuration is scrubbed from what it shows.
 //! - `/healthz`: 200 `ok` while the process serves; never touches the database (a liveness probe must not
 //!   restart the pod because PostgreSQL is down).
 //! - `/readyz`: 200 when the database answers (within 2 s), every embedded migration is applied, and every
@@ -18,17 +25,27 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret as _;
 
+use crate::alerts::Scrubber;
 use crate::human;
+use crate::settings::Settings;
+use crate::status::{BackfillPlan, Readiness};
 use crate::store::Store;
 use crate::telemetry::metric;
 
 /// How long `/readyz` and `/metrics` wait for the database before calling it unreachable. Well under the
 /// usual probe timeout, so a probe gets an answer with a reason rather than a timeout.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest the status page gathers its facts before it answers 503 instead.
+pub const PAGE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long one gathering of the status page serves every request (several viewers, tabs, refreshes).
+pub const PAGE_REUSE: Duration = Duration::from_secs(5);
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -43,6 +60,60 @@ pub struct HttpState {
     /// A run going for longer than this is reported as stuck.
     pub max_run_duration: Duration,
     pub metrics: PrometheusHandle,
+    /// What the status page needs beyond the above.
+    pub page: StatusPage,
+}
+
+/// What the status page (`/`) needs beyond the endpoints' state.
+#[derive(Clone, Debug, Default)]
+pub struct StatusPage {
+    /// The configured backfill plan, to show how many windows of a backfill are done; `None`: not shown.
+    pub backfill_plan: Option<BackfillPlan>,
+    /// Every secret of the configuration, replaced wherever it would appear on the page.
+    pub scrubber: Scrubber,
+}
+
+impl StatusPage {
+    /// The page of the sources `sources` (from [`Settings::per_source`]): their backfill plan, and their secrets —
+    /// each source's API token, the alerts' webhook URL, the database URL and its password.
+    pub fn of(sources: &[Settings]) -> StatusPage {
+        let mut secrets: Vec<String> = Vec::new();
+        for settings in sources {
+            secrets.extend(settings.api.token.as_ref().map(|t| t.expose_secret().to_owned()));
+            secrets.extend(settings.alerts.webhook_url.as_ref().map(|u| u.expose_secret().to_owned()));
+            let database = settings.database.url.expose_secret();
+            secrets.push(database.to_owned());
+            if let Some(password) = url::Url::parse(database).ok().and_then(|u| u.password().map(str::to_owned)) {
+                let decoded = percent_decoded(&password);
+                secrets.extend([password, decoded]);
+            }
+        }
+        StatusPage {
+            backfill_plan: sources.first().map(|s| BackfillPlan::of(&s.sync)),
+            scrubber: Scrubber::new(secrets),
+        }
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (a URL's password as the server knows it).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The router's own state: the caller's, plus what the handlers remember between requests.
@@ -54,6 +125,16 @@ struct Shared {
     last_readiness: Mutex<Option<Result<(), String>>>,
     /// The last watermark read per source, so the lag keeps growing while the database is away.
     last_watermarks: Mutex<HashMap<String, i64>>,
+    /// The status page's last rendering; its lock is held while one is gathered, so gatherings never overlap.
+    page: tokio::sync::Mutex<Option<RenderedPage>>,
+}
+
+/// A rendered status page and when it was gathered.
+#[derive(Clone)]
+struct RenderedPage {
+    at: std::time::Instant,
+    status: StatusCode,
+    html: String,
 }
 
 /// The routes, for `serve` and for tests.
@@ -69,8 +150,10 @@ fn router_for(state: HttpState, sources: Vec<String>) -> axum::Router {
         sources,
         last_readiness: Mutex::new(None),
         last_watermarks: Mutex::new(HashMap::new()),
+        page: tokio::sync::Mutex::new(None),
     });
     axum::Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -96,7 +179,7 @@ pub async fn serve_sources(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the status page (/)");
     }
     axum::serve(listener, router_for(state, sources)).with_graceful_shutdown(shutdown).await
 }
@@ -124,11 +207,11 @@ async fn readiness(state: &HttpState, sources: &[String]) -> Result<String, Stri
         return Err(format!("migrations not current ({migrations}); run `devin-etl migrate`"));
     }
     if let [source] = sources {
-        return source_readiness(state, source).await;
+        return source_readiness(state, source).await.into_result();
     }
     let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
     for source in sources {
-        match source_readiness(state, source).await {
+        match source_readiness(state, source).await.into_result() {
             Ok(detail) => ready.push(format!("{source}: {detail}")),
             Err(reason) => not_ready.push(format!("source {source}: {reason}")),
         }
@@ -136,18 +219,33 @@ async fn readiness(state: &HttpState, sources: &[String]) -> Result<String, Stri
     if not_ready.is_empty() { Ok(ready.join("; ")) } else { Err(not_ready.join("; ")) }
 }
 
-/// One source's part of [`readiness`].
-async fn source_readiness(state: &HttpState, source: &str) -> Result<String, String> {
+impl Readiness {
+    fn into_result(self) -> Result<String, String> {
+        match self {
+            Readiness::Ready(detail) => Ok(detail),
+            Readiness::NotYet(reason) | Readiness::Unready(reason) => Err(reason),
+        }
+    }
+}
+
+/// One source's part of [`readiness`] (and of the status page).
+async fn source_readiness(state: &HttpState, source: &str) -> Readiness {
     let store = &state.store;
-    let last = within_timeout(store.last_success(source)).await.map_err(|e| format!("database error: {e}"))?;
-    let Some(last) = last else {
-        return Err(format!("no successful sync yet (source {source})"));
+    let last = match within_timeout(store.last_success(source)).await {
+        Ok(last) => last,
+        Err(e) => return Readiness::Unready(format!("database error: {e}")),
     };
-    let running = within_timeout(store.oldest_running_run(source)).await.map_err(|e| format!("database error: {e}"))?;
+    let Some(last) = last else {
+        return Readiness::NotYet(format!("no successful sync yet (source {source})"));
+    };
+    let running = match within_timeout(store.oldest_running_run(source)).await {
+        Ok(running) => running,
+        Err(e) => return Readiness::Unready(format!("database error: {e}")),
+    };
     if let Some((run_id, mode, age)) = running
         && age > state.max_run_duration
     {
-        return Err(format!(
+        return Readiness::Unready(format!(
             "{mode} run {run_id} has been running for {} (server.max_run_duration {}): it may be stuck",
             human::duration(age),
             human::duration(state.max_run_duration)
@@ -156,9 +254,62 @@ async fn source_readiness(state: &HttpState, source: &str) -> Result<String, Str
     let ago = human::duration(last.age);
     let max = human::duration(state.max_staleness);
     if last.age > state.max_staleness {
-        return Err(format!("last successful sync {ago} ago (max {max})"));
+        return Readiness::Unready(format!("last successful sync {ago} ago (max {max})"));
     }
-    Ok(format!("last successful sync {ago} ago (max {max})"))
+    Readiness::Ready(format!("last successful sync {ago} ago (max {max})"))
+}
+
+/// `/`: the status page, gathered at most once per [`PAGE_REUSE`] and one gathering at a time.
+async fn status_page(State(shared): State<Arc<Shared>>) -> Response {
+    let mut last = shared.page.lock().await;
+    let page = match last.as_ref() {
+        Some(page) if page.at.elapsed() < PAGE_REUSE => page.clone(),
+        _ => {
+            let page = render_page(&shared).await;
+            *last = Some(page.clone());
+            page
+        }
+    };
+    drop(last);
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        // Defence in depth: no script runs and nothing loads from elsewhere, even if an escape were missed.
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; img-src data:"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (page.status, headers, page.html).into_response()
+}
+
+async fn render_page(shared: &Shared) -> RenderedPage {
+    let state = &shared.state;
+    let scrubber = &state.page.scrubber;
+    let gather = async {
+        let several = crate::status::collect_several(&state.store, &shared.sources, state.page.backfill_plan).await?;
+        let mut readiness = Vec::with_capacity(shared.sources.len());
+        for source in &shared.sources {
+            readiness.push(source_readiness(state, source).await);
+        }
+        anyhow::Ok((several, readiness))
+    };
+    let (status, html) = match tokio::time::timeout(PAGE_TIMEOUT, gather).await {
+        Ok(Ok((several, readiness))) => {
+            let page =
+                crate::status_page::Page { several: &several, readiness: &readiness, generated_at: chrono::Utc::now() };
+            (StatusCode::OK, crate::status_page::render(&page, scrubber))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %scrubber.text(&format!("{e:#}")), "the status page cannot read the status");
+            (StatusCode::SERVICE_UNAVAILABLE, crate::status_page::render_error(&format!("{e:#}"), scrubber))
+        }
+        Err(_) => {
+            let why = format!("the database did not answer within {}", human::duration(PAGE_TIMEOUT));
+            tracing::warn!("the status page cannot read the status: {why}");
+            (StatusCode::SERVICE_UNAVAILABLE, crate::status_page::render_error(&why, scrubber))
+        }
+    };
+    RenderedPage { at: std::time::Instant::now(), status, html }
 }
 
 /// Runs a database call under [`DATABASE_TIMEOUT`]; the error text carries the whole cause chain.
@@ -220,6 +371,28 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(percent_decoded("p%40ss%2Fw%3Ard"), "p@ss/w:rd");
+        assert_eq!(percent_decoded("plain"), "plain");
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn the_page_knows_every_secret_of_the_configuration() {
+        let mut settings = Settings::load_with_env(None, |_| None).unwrap();
+        settings.api.token = Some("cog_token_of_devin".to_owned().into());
+        settings.alerts.webhook_url = Some("https://hooks.example/T0/B0/secret".to_owned().into());
+        settings.database.url = "postgres://etl:p%40ssw0rd@db:5432/w".to_owned().into();
+        let page = StatusPage::of(&settings.per_source());
+        let shown = page.scrubber.text(
+            "cog_token_of_devin https://hooks.example/T0/B0/secret p@ssw0rd p%40ssw0rd postgres://etl:p%40ssw0rd@db:5432/w",
+        );
+        assert_eq!(shown.matches(crate::alerts::REDACTED).count(), 5, "{shown}");
+        assert!(!shown.contains("secret") && !shown.contains("ssw0rd") && !shown.contains("cog_"), "{shown}");
+    }
 
     #[test]
     fn reason_kinds_ignore_numbers() {

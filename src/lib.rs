@@ -17,6 +17,7 @@ pub mod retention;
 pub mod schedule;
 pub mod settings;
 pub mod status;
+pub mod status_page;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -83,7 +83,8 @@ pub struct HistorySettings {
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub listen: std::net::SocketAddr,
+    /// Where `devin-etl run` serves `/`, `/healthz`, `/readyz` and `/metrics`; `None` (`"off"`): no HTTP server.
+    pub listen: Option<std::net::SocketAddr>,
     pub max_staleness: Duration,
     /// `/readyz` fails while a run has been going for longer than this.
     pub max_run_duration: Duration,
@@ -675,9 +676,15 @@ fn validate_sync(raw: RawSync) -> Result<SyncSettings, ConfigError> {
 }
 
 fn validate_server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
-    let listen = raw.listen.trim().parse().map_err(|e| {
-        invalid("server.listen", format!("{:?} is not an address ({e}); use e.g. \"0.0.0.0:9187\"", raw.listen))
-    })?;
+    let listen = match raw.listen.trim() {
+        "off" | "" => None,
+        text => Some(text.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address ({e}); use e.g. \"0.0.0.0:9187\", or \"off\"", raw.listen),
+            )
+        })?),
+    };
     Ok(ServerSettings {
         listen,
         max_staleness: positive_duration("server.max_staleness", &raw.max_staleness)?,
@@ -871,6 +878,16 @@ mod tests {
         let err = parse_base_url("http://api.devin.ai").unwrap_err().to_string();
         assert!(err.starts_with("api.base_url:"), "{err}");
         assert!(parse_base_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn server_listen_is_an_address_or_off() {
+        let listen = |value: &str| Settings::load_with_vars(None, &[("DEVIN_ETL__SERVER__LISTEN", value)]);
+        assert_eq!(Settings::load_with_vars(None, &[]).unwrap().server.listen, Some(([0, 0, 0, 0], 9187).into()));
+        assert_eq!(listen("127.0.0.1:8080").unwrap().server.listen, Some(([127, 0, 0, 1], 8080).into()));
+        assert_eq!(listen("off").unwrap().server.listen, None);
+        let error = listen("of").unwrap_err().to_string();
+        assert!(error.contains("server.listen") && error.contains("\"off\""), "{error}");
     }
 
     #[test]

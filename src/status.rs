@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::human;
+use crate::settings::SyncSettings;
 use crate::store::alerts::AlertRow;
 use crate::store::{DriftRow, RunRow, Store};
 
@@ -20,11 +21,15 @@ pub struct Status {
     /// Seconds between the watermark and now (local clock).
     pub lag_seconds: Option<i64>,
     pub backfill: &'static str,
+    /// Windows of the current (or last) backfill finished, of those the configured plan has; `None` when no
+    /// backfill ever started (or the plan was not given to [`collect`]).
+    pub backfill_windows: Option<BackfillProgress>,
     /// The last time the API's clock disagreed with elapsed time, if ever.
     pub clock_anomaly: Option<ClockAnomaly>,
     /// Sessions this source delivered: live, and marked deleted by a reconcile.
     pub live_sessions: i64,
     pub deleted_sessions: i64,
+    /// The source's last [`RECENT_RUNS`] runs, the newest first.
     pub runs: Vec<RunRow>,
     /// What this source's API sent that the models do not know (`schema_drift`), the most recently first seen first.
     pub schema_drift: Vec<DriftRow>,
@@ -35,23 +40,41 @@ pub struct Status {
     pub tables: Vec<TableCount>,
 }
 
-/// The status of several sources (`status` with sources listed): the schema and row counts once.
+/// Runs shown per source.
+pub const RECENT_RUNS: i64 = 10;
+
+impl Status {
+    /// The backfill's state and, when known, its windows: `completed — 5 of 5 windows done`.
+    pub fn backfill_summary(&self) -> String {
+        match self.backfill_windows {
+            Some(p) => format!("{} — {} of {} windows done", self.backfill, p.done, p.total),
+            None => self.backfill.to_owned(),
+        }
+    }
+
+    /// The newest run that has ended (not `running`).
+    pub fn last_finished_run(&self) -> Option<&RunRow> {
+        self.runs.iter().find(|r| r.status != "running")
+    }
+}
+
+/// What `/readyz` says of one source, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Synced within `server.max_staleness`, no run stuck: the detail (`last successful sync 5m ago (max 1h)`).
+    Ready(String),
+    /// No successful sync yet (a fresh deployment's first backfill); nothing says it is failing.
+    NotYet(String),
+    /// Stale, a run stuck, or the database unreachable: the reason.
+    Unready(String),
+}
+
+/// The status of several sources (`status` with sources listed, the status page): the schema and row counts once.
 #[derive(Debug, Serialize)]
 pub struct Several {
     pub schema: String,
     pub sources: Vec<Status>,
     pub tables: Vec<TableCount>,
-}
-
-impl Several {
-    pub fn of(mut sources: Vec<Status>) -> Several {
-        let schema = sources.first().map(|s| s.schema.clone()).unwrap_or_default();
-        let tables = sources.first_mut().map(|s| std::mem::take(&mut s.tables)).unwrap_or_default();
-        for s in &mut sources {
-            s.tables.clear();
-        }
-        Several { schema, sources, tables }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -66,12 +89,62 @@ pub struct TableCount {
     pub rows: i64,
 }
 
-pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
+/// How far a backfill has come: windows of its plan finished, of all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BackfillProgress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The configured backfill plan (`sync.backfill_start`, `sync.backfill_window`), to count a backfill's windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillPlan {
+    pub start: i64,
+    pub width: i64,
+}
+
+impl BackfillPlan {
+    pub fn of(sync: &SyncSettings) -> BackfillPlan {
+        BackfillPlan { start: sync.backfill_start.timestamp(), width: sync.backfill_window.as_secs() as i64 }
+    }
+}
+
+/// One source's status and the row counts of every table.
+pub async fn collect(store: &Store, source: &str, plan: Option<BackfillPlan>) -> anyhow::Result<Status> {
+    let mut status = collect_source(store, source, plan).await?;
+    status.tables = collect_tables(store).await?;
+    Ok(status)
+}
+
+/// The status of each source of `sources`, and the row counts once.
+pub async fn collect_several<S: AsRef<str>>(
+    store: &Store,
+    sources: &[S],
+    plan: Option<BackfillPlan>,
+) -> anyhow::Result<Several> {
+    let mut statuses = Vec::with_capacity(sources.len());
+    for source in sources {
+        statuses.push(collect_source(store, source.as_ref(), plan).await?);
+    }
+    Ok(Several { schema: store.schema().to_owned(), sources: statuses, tables: collect_tables(store).await? })
+}
+
+/// One source's status without the row counts (`tables` empty).
+async fn collect_source(store: &Store, source: &str, plan: Option<BackfillPlan>) -> anyhow::Result<Status> {
     let watermark = store.watermark(source).await?;
-    let backfill = match store.backfill_state(source).await? {
+    let state = store.backfill_state(source).await?;
+    let backfill = match &state {
         None => "never run",
         Some(s) if s.completed => "completed",
         Some(_) => "in progress (resumes on the next `sync --backfill` or `run --backfill`)",
+    };
+    let backfill_windows = match (&state, plan) {
+        (Some(state), Some(plan)) => {
+            let all = crate::sync::backfill_plan(plan.start, plan.width, state.server_start);
+            let done = store.completed_windows(source).await?;
+            Some(BackfillProgress { done: all.iter().filter(|w| done.contains(&w.key())).count(), total: all.len() })
+        }
+        _ => None,
     };
     let (live_sessions, deleted_sessions) = store.source_session_counts(source).await?;
     Ok(Status {
@@ -81,14 +154,19 @@ pub async fn collect(store: &Store, source: &str) -> anyhow::Result<Status> {
         watermark_time: watermark.and_then(|w| DateTime::from_timestamp(w, 0)),
         lag_seconds: watermark.map(|w| Utc::now().timestamp() - w),
         backfill,
+        backfill_windows,
         clock_anomaly: store.clock_anomaly(source).await?.map(|(what, at)| ClockAnomaly { at, what }),
         live_sessions,
         deleted_sessions,
-        runs: store.recent_runs(source, 10).await?,
+        runs: store.recent_runs(source, RECENT_RUNS).await?,
         schema_drift: store.drift_report(Some(source)).await?,
         alerts: store.open_or_pending_alerts(source).await?,
-        tables: store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect(),
+        tables: Vec::new(),
     })
+}
+
+async fn collect_tables(store: &Store) -> anyhow::Result<Vec<TableCount>> {
+    Ok(store.table_counts().await?.into_iter().map(|(table, rows)| TableCount { table, rows }).collect())
 }
 
 /// A human-readable report of one source and the row counts.
@@ -99,15 +177,15 @@ pub fn render(s: &Status) -> String {
 }
 
 /// A human-readable report of several sources, one section each, then the row counts once.
-pub fn render_several(statuses: &[Status]) -> String {
+pub fn render_several(several: &Several) -> String {
     let mut out = String::new();
-    for (i, s) in statuses.iter().enumerate() {
+    for (i, s) in several.sources.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
         out.push_str(&render_source(s));
     }
-    out.push_str(&render_tables(statuses.first().map(|s| s.tables.as_slice()).unwrap_or_default()));
+    out.push_str(&render_tables(&several.tables));
     out
 }
 
@@ -128,7 +206,11 @@ fn render_source(s: &Status) -> String {
     };
     out.push_str(&format!(
         "source:    {} (schema {})\nwatermark: {watermark}\nbackfill:  {}\nsessions:  {} live, {} marked deleted\n",
-        s.source, s.schema, s.backfill, s.live_sessions, s.deleted_sessions
+        s.source,
+        s.schema,
+        s.backfill_summary(),
+        s.live_sessions,
+        s.deleted_sessions
     ));
     if let Some(a) = &s.clock_anomaly {
         out.push_str(&format!(
@@ -182,7 +264,7 @@ fn render_source(s: &Status) -> String {
 }
 
 /// Drift entries shown by `status` (the newest); `drift` shows them all.
-const STATUS_DRIFT_ROWS: usize = 10;
+pub const STATUS_DRIFT_ROWS: usize = 10;
 
 /// Schema drift entries as a table (`status`, `drift`); `with_source` adds the source column.
 pub fn render_drift(rows: &[DriftRow], with_source: bool) -> String {
@@ -233,24 +315,36 @@ fn render_alerts(alerts: &[AlertRow]) -> String {
     }
     let mut out = "\nAlerts (open or not yet delivered)\n".to_owned();
     for a in alerts {
-        let state = if a.resolved_at.is_none() || a.one_shot { "open" } else { "resolved" };
-        let delivered =
-            a.fired_sent_at.is_some() && (a.one_shot || a.resolved_at.is_none() || a.resolved_sent_at.is_some());
-        let delivery = match &a.last_error {
-            _ if delivered => "delivered".to_owned(),
-            Some(e) => {
-                format!("not delivered after {} attempt(s): {}", a.attempts, e.chars().take(120).collect::<String>())
-            }
-            None => "not delivered yet".to_owned(),
-        };
         out.push_str(&format!(
-            "  {state:<8} {} since {} ({delivery}): {}\n",
+            "  {:<8} {} since {} ({}): {}\n",
+            alert_state(a),
             a.alert_key,
             a.opened_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            alert_delivery(a, 120),
             a.summary.chars().take(160).collect::<String>()
         ));
     }
     out
+}
+
+/// `open` or `resolved` (a one-shot alert, an event, stays open).
+pub fn alert_state(a: &AlertRow) -> &'static str {
+    if a.resolved_at.is_none() || a.one_shot { "open" } else { "resolved" }
+}
+
+/// Whether the receiver has the alert's latest state, and if not why: the delivery error cut to `error_chars`.
+pub fn alert_delivery(a: &AlertRow, error_chars: usize) -> String {
+    let delivered =
+        a.fired_sent_at.is_some() && (a.one_shot || a.resolved_at.is_none() || a.resolved_sent_at.is_some());
+    match &a.last_error {
+        _ if delivered => "delivered".to_owned(),
+        Some(e) => format!(
+            "not delivered after {} attempt(s): {}",
+            a.attempts,
+            e.chars().take(error_chars).collect::<String>()
+        ),
+        None => "not delivered yet".to_owned(),
+    }
 }
 
 fn render_tables(tables: &[TableCount]) -> String {

@@ -35,7 +35,7 @@ pub mod metric {
     pub const ALERT_DELIVERY_FAILURES: &str = "devin_etl_alert_delivery_failures_total";
 
     /// The metrics a healthy run moves (or that exist from the start).
-    const FROM_THE_FIRST_RUN: [&str; 10] = [
+    pub const FROM_THE_FIRST_RUN: [&str; 10] = [
         RUNS,
         PAGES,
         SESSIONS_READ,

@@ -2,6 +2,7 @@
 
 use crate::app;
 use crate::settings::Settings;
+use crate::status::{self, BackfillPlan};
 
 /// Shows each source of `sources`. One source (a single-source configuration, or `--source NAME`): the report of
 /// that source, as before. Several: a section per source, then the row counts once; `--json` prints
@@ -11,15 +12,22 @@ pub async fn run(sources: &[Settings], json: bool) -> anyhow::Result<()> {
         anyhow::bail!("no source to show");
     };
     let store = app::migrated_store(first).await?;
-    let mut statuses = Vec::new();
-    for settings in sources {
-        statuses.push(crate::status::collect(&store, &settings.sync.source).await?);
+    let plan = Some(BackfillPlan::of(&first.sync));
+    if let [only] = sources {
+        let status = status::collect(&store, &only.sync.source, plan).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{}", status::render(&status));
+        }
+        return Ok(());
     }
-    match (statuses.len(), json) {
-        (1, true) => println!("{}", serde_json::to_string_pretty(&statuses[0])?),
-        (1, false) => print!("{}", crate::status::render(&statuses[0])),
-        (_, true) => println!("{}", serde_json::to_string_pretty(&crate::status::Several::of(statuses))?),
-        (_, false) => print!("{}", crate::status::render_several(&statuses)),
+    let names: Vec<&str> = sources.iter().map(|s| s.sync.source.as_str()).collect();
+    let several = status::collect_several(&store, &names, plan).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&several)?);
+    } else {
+        print!("{}", status::render_several(&several));
     }
     Ok(())
 }

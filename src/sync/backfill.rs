@@ -21,7 +21,7 @@ pub struct Window {
 
 impl Window {
     /// The key under which the window's completion is recorded.
-    fn key(self) -> (i64, i64) {
+    pub fn key(self) -> (i64, i64) {
         (self.created_after.unwrap_or(i64::MIN), self.created_before.unwrap_or(i64::MAX))
     }
 }

@@ -420,7 +420,7 @@ async fn a_receiver_that_is_down_never_fails_the_sync_and_gets_the_pending_alert
     let last_error = last_error.expect("the failed delivery is recorded");
     assert_eq!(attempts, 1);
     assert!(!last_error.contains(&addr.to_string()) && !last_error.contains("hooksecret"), "no URL: {last_error}");
-    let status = devin_etl::status::collect(app.store(), DEFAULT_SOURCE).await.unwrap();
+    let status = devin_etl::status::collect(app.store(), DEFAULT_SOURCE, None).await.unwrap();
     let shown = devin_etl::status::render(&status);
     assert!(
         shown.contains("Alerts (open or not yet delivered)") && shown.contains("not delivered after 1 attempt(s)"),

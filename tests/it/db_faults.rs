@@ -334,7 +334,7 @@ async fn one_response_with_a_clock_a_day_ahead_never_makes_later_runs_skip_updat
     // plus the delay between the response and the reading of the elapsed time, seconds on a loaded machine.
     let drift = anomaly.as_deref().and_then(|a| a.split("s ahead").next()?.rsplit(' ').next()?.parse::<i64>().ok());
     assert!(drift.is_some_and(|d| (86_395..=86_401).contains(&d)), "recorded: {anomaly:?}");
-    let status = devin_etl::status::collect(world.store(), "devin").await.unwrap();
+    let status = devin_etl::status::collect(world.store(), "devin", None).await.unwrap();
     assert!(devin_etl::status::render(&status).contains("clock anomaly"), "shown by status");
 
     // Ordinary updates at the (real) server time, then ordinary runs: every update arrives.

@@ -147,7 +147,7 @@ fn every_yaml_file_under_deploy_parses() {
 #[test]
 fn the_default_configuration_listens_on_the_documented_port() {
     let settings = Settings::load_with_env(None, |_| None).unwrap();
-    assert_eq!(u64::from(settings.server.listen.port()), PORT);
+    assert_eq!(u64::from(settings.server.listen.expect("server.listen is set").port()), PORT);
 }
 
 /// The pod template's checks shared by the Deployment and the backfill Job.
@@ -249,7 +249,11 @@ fn kubernetes_manifests_wire_port_probes_secret_and_config() {
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
     let template = &deployment["spec"]["template"];
     let settings = check_pod("Deployment", template, &secret, &configmap);
-    assert_eq!(u64::from(settings.server.listen.port()), PORT, "the ConfigMap listens on {PORT}");
+    assert_eq!(
+        u64::from(settings.server.listen.expect("server.listen is set").port()),
+        PORT,
+        "the ConfigMap listens on {PORT}"
+    );
     let c = &template["spec"]["containers"][0];
     assert_eq!(c["args"][0].as_str(), Some("run"), "the Deployment runs the daemon");
 
@@ -345,7 +349,7 @@ fn docker_compose_runs_postgres_the_daemon_and_optional_grafana() {
         .map(|(k, v)| (k.clone(), resolve_defaults(v)))
         .collect();
     let settings = settings_from_env("docker-compose.yml", &resolved);
-    assert_eq!(u64::from(settings.server.listen.port()), PORT);
+    assert_eq!(u64::from(settings.server.listen.expect("server.listen is set").port()), PORT);
     assert!(grace > settings.sync.shutdown_grace, "stop_grace_period is longer than sync.shutdown_grace");
 
     let grafana = &services["grafana"];

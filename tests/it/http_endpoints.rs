@@ -33,6 +33,7 @@ impl Served {
             max_staleness,
             max_run_duration: Duration::from_secs(3600),
             metrics: install_metrics().expect("metrics recorder"),
+            page: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

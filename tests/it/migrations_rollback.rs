@@ -99,6 +99,7 @@ async fn an_older_binary_migrates_syncs_and_stays_ready_on_a_schema_a_newer_rele
         max_staleness: Duration::from_secs(3600),
         max_run_duration: app.settings.server.max_run_duration,
         metrics: install_metrics().unwrap(),
+        page: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/readyz", listener.local_addr().unwrap());

@@ -121,7 +121,7 @@ const PROMQL_WORDS: &[&str] = &[
 /// The metric names a PromQL expression selects: its identifiers, leaving out quoted strings, label matchers
 /// (`{…}`), label lists of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right`, durations (`[50m]`,
 /// `offset 1h`) and the language's own words.
-fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+pub(crate) fn promql_metric_names(expr: &str) -> BTreeSet<String> {
     let chars: Vec<char> = expr.chars().collect();
     let mut names = BTreeSet::new();
     let mut previous_word = String::new();
@@ -173,7 +173,7 @@ fn label_list_follows(word: &str) -> bool {
 }
 
 /// A name the service exports (a histogram's series carry a suffix), or `up`, which Prometheus records per target.
-fn is_known_metric(name: &str) -> bool {
+pub(crate) fn is_known_metric(name: &str) -> bool {
     let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
     name == "up" || metric::ALL.contains(&name) || base == metric::RUN_DURATION
 }

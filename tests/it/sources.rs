@@ -97,10 +97,10 @@ async fn two_sources_share_a_schema_and_deletes_in_one_never_touch_the_other() {
     assert_eq!(store.watermark("globex").await.unwrap(), Some(globex.sim.now() - 30));
 
     // Status is per source.
-    let status = devin_etl::status::collect(store, "acme").await.unwrap();
+    let status = devin_etl::status::collect(store, "acme", None).await.unwrap();
     assert_eq!((status.live_sessions, status.deleted_sessions), (114, 6));
     assert!(status.runs.iter().all(|r| r.mode != "backfill" || r.sessions_upserted == 120));
-    let status = devin_etl::status::collect(store, "globex").await.unwrap();
+    let status = devin_etl::status::collect(store, "globex", None).await.unwrap();
     assert_eq!((status.live_sessions, status.deleted_sessions), (80, 0));
 }
 

@@ -18,8 +18,10 @@ use sqlx::Connection as _;
 
 pub mod child;
 pub mod cluster;
+pub mod daemon;
 pub mod logs;
 pub mod proxy;
+pub mod tools;
 
 /// Admin URL of the test server; each test creates its own database there.
 pub fn admin_url() -> String {
