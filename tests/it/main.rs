@@ -12,6 +12,7 @@ mod crash_safety;
 mod daemon;
 mod db_faults;
 mod deploy_files;
+mod dbt_package;
 mod drift;
 mod enrichment_backoff;
 mod fuzz_decode;

@@ -1,0 +1,7 @@
+select
+    session_id,
+    pr_url,
+    pr_state,
+    repo,
+    pr_number
+from {{ source('devin', 'session_pull_requests') }}

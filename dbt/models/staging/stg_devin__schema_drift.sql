@@ -1,0 +1,10 @@
+select
+    source,
+    path,
+    kind,
+    value,
+    first_seen,
+    last_seen,
+    times_seen,
+    example_session_id
+from {{ source('devin', 'schema_drift') }}
