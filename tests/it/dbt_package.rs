@@ -432,8 +432,9 @@ impl Drop for DbtRun {
 /// A warehouse loaded by real syncs from the simulator: a backfill, then a simulated hour and a day of changes
 /// (updates and new sessions) each picked up by an incremental run, so the history tables have versions.
 async fn synced_app(sessions: usize, unknown_enums: bool) -> TestApp {
-    let app = TestApp::spawn_with(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() }, |_| {})
-        .await;
+    let app =
+        TestApp::spawn_with(SimulatorConfig { sessions, manual_clock: true, ..SimulatorConfig::default() }, |_| {})
+            .await;
     app.syncer.run_once(Mode::Backfill).await.unwrap();
     for (secs, updates, creates) in [(3_600, 40, 10), (86_400, 60, 10)] {
         app.sim.advance(secs);
@@ -469,7 +470,10 @@ fn assert_same_figures(what: &str, actual: &DailyFigures, expected: &DailyFigure
     for (key, (sessions, acus)) in expected {
         let (actual_sessions, actual_acus) = actual[key];
         assert_eq!(actual_sessions, *sessions, "{what}: sessions of {key:?}");
-        assert!((actual_acus - acus).abs() <= 1e-6 * acus.abs().max(1.0), "{what}: ACUs of {key:?}: {actual_acus} vs {acus}");
+        assert!(
+            (actual_acus - acus).abs() <= 1e-6 * acus.abs().max(1.0),
+            "{what}: ACUs of {key:?}: {actual_acus} vs {acus}"
+        );
     }
 }
 
@@ -505,7 +509,8 @@ async fn undocumented_columns(pool: &PgPool) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts_match_the_views() {
-    let Some(dbt) = dbt_or_skip("dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts_match_the_views")
+    let Some(dbt) =
+        dbt_or_skip("dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts_match_the_views")
     else {
         return;
     };
@@ -517,12 +522,26 @@ async fn dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts
     let artifact = repo().join(BUILD_LOG);
     std::fs::create_dir_all(artifact.parent().unwrap()).unwrap();
     let freshness = run.run(&["source", "freshness"]).await;
+    // A second source whose last complete walk was observed 90 minutes ago: the oldest source counts, and 90
+    // minutes is past the 1-hour warning but short of the 2-hour error.
+    sqlx::query(
+        "insert into sync_state (source, watermark, watermark_observed_at)
+         values ('behind', extract(epoch from now())::int8 - 5430, now() - interval '90 minutes')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let behind = run.run(&["source", "freshness"]).await;
+    let freshness_lines =
+        |out: &DbtOutput| out.text.lines().filter(|l| l.contains("freshness of")).collect::<Vec<_>>().join("\n");
     std::fs::write(
         &artifact,
         format!(
-            "$ dbt build (tests/it/dbt_package.rs, 300 simulated sessions)\n{}\n\n$ dbt source freshness\n{}\n",
+            "$ dbt build (tests/it/dbt_package.rs, 300 simulated sessions)\n{}\n\n$ dbt source freshness\n{}\n\n\
+             $ dbt source freshness (a second source 90 minutes behind)\n{}\n",
             build.tail(),
-            freshness.text.lines().filter(|l| l.contains("freshness of")).collect::<Vec<_>>().join("\n")
+            freshness_lines(&freshness),
+            freshness_lines(&behind)
         ),
     )
     .unwrap();
@@ -535,6 +554,12 @@ async fn dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts
         freshness.text.lines().any(|l| l.contains(" PASS freshness of devin.sync_state")),
         "sync_state is not fresh just after a sync:\n{}",
         freshness.text
+    );
+    assert!(behind.success, "a warning must not fail dbt source freshness:\n{}", behind.text);
+    assert!(
+        behind.text.lines().any(|l| l.contains(" WARN freshness of devin.sync_state")),
+        "a source 90 minutes behind does not warn:\n{}",
+        behind.text
     );
 
     // The usage mart: per UTC day and org, what v_daily_usage says and what the simulator's sessions are.
@@ -573,7 +598,8 @@ async fn dbt_build_and_source_freshness_pass_on_a_synced_warehouse_and_the_marts
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enum_value_the_api_adds_later_makes_accepted_values_warn_and_dbt_build_still_succeed() {
-    let Some(dbt) = dbt_or_skip("an_enum_value_the_api_adds_later_makes_accepted_values_warn_and_dbt_build_still_succeed")
+    let Some(dbt) =
+        dbt_or_skip("an_enum_value_the_api_adds_later_makes_accepted_values_warn_and_dbt_build_still_succeed")
     else {
         return;
     };
@@ -607,7 +633,9 @@ async fn an_enum_value_the_api_adds_later_makes_accepted_values_warn_and_dbt_bui
     let expected: Vec<String> = {
         let mut names: Vec<String> = api_enums()
             .iter()
-            .map(|(table, column, values)| format!("source_accepted_values_devin_{table}_{column}__{}", values.join("__")))
+            .map(|(table, column, values)| {
+                format!("source_accepted_values_devin_{table}_{column}__{}", values.join("__"))
+            })
             .collect();
         names.sort();
         names
