@@ -333,6 +333,8 @@ fn dbt_or_skip(test: &str) -> Option<PathBuf> {
 struct DbtRun {
     dbt: PathBuf,
     dir: PathBuf,
+    /// Handed to dbt in the environment (the profile reads it with env_var), never written to a file.
+    password: String,
 }
 
 struct DbtOutput {
@@ -373,24 +375,45 @@ impl DbtOutput {
     }
 }
 
+/// A URL component with its `%XX` escapes decoded.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten();
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl DbtRun {
     fn new(dbt: PathBuf, database_url: &str) -> DbtRun {
         let url = url::Url::parse(database_url).unwrap();
         let dir = std::env::temp_dir().join(common::unique_name("devin_etl_dbt"));
         std::fs::create_dir_all(&dir).unwrap();
         // Values JSON-quoted: YAML reads them as strings.
-        let quote = |s: &str| serde_json::to_string(s).unwrap();
+        let quote = |s: &str| serde_json::to_string(&percent_decoded(s)).unwrap();
         let profile = format!(
             "devin_etl:\n  target: test\n  outputs:\n    test:\n      type: postgres\n      host: {}\n      port: {}\n      \
-             user: {}\n      password: {}\n      dbname: {}\n      schema: {TARGET_SCHEMA}\n      threads: 4\n",
+             user: {}\n      password: \"{{{{ env_var('DEVIN_ETL_DBT_PASSWORD', '') }}}}\"\n      dbname: {}\n      \
+             schema: {TARGET_SCHEMA}\n      threads: 4\n",
             quote(url.host_str().unwrap_or("127.0.0.1")),
             url.port().unwrap_or(5432),
             quote(url.username()),
-            quote(url.password().unwrap_or("")),
             quote(url.path().trim_start_matches('/')),
         );
         std::fs::write(dir.join("profiles.yml"), profile).unwrap();
-        DbtRun { dbt, dir }
+        DbtRun { dbt, dir, password: percent_decoded(url.password().unwrap_or("")) }
     }
 
     /// `dbt ARGS` on the package in `dbt/`, against the test database.
@@ -405,6 +428,7 @@ impl DbtRun {
             .current_dir(repo())
             // No tracking events to send (and no network to send them to).
             .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+            .env("DEVIN_ETL_DBT_PASSWORD", &self.password)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()
