@@ -1,3 +1,4 @@
+-- Sync health per source: watermark, lag, last run, last 24 hours (docs/queries.md 4.18).
 select
     source,
     watermark,

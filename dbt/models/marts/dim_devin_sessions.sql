@@ -1,3 +1,4 @@
+-- One row per live session with friendly columns (v_sessions): the dimension the other marts' session_id points to.
 select
     session_id,
     created_at,

@@ -1,3 +1,4 @@
+-- One row per action item of a live session, with its session's link (docs/queries.md 4.14, 4.16).
 select
     session_id,
     session_created_at,

@@ -1,3 +1,4 @@
+-- Analysis issues per UTC day x org x category x impact level, any label (docs/queries.md 4.10).
 select
     day,
     week,

@@ -1,3 +1,4 @@
+-- Analysis issues per UTC day x org x category x label x impact level (docs/queries.md 4.11, 4.12).
 select
     day,
     week,

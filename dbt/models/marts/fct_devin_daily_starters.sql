@@ -1,3 +1,4 @@
+-- Sessions and ACUs per UTC day x org x user or service user x session size (docs/queries.md 4.5, 4.6); week added.
 select
     day,
     org_id,

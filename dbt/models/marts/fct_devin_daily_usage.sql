@@ -1,3 +1,4 @@
+-- Sessions, ACUs and PRs per UTC day x org x origin x category (docs/queries.md 4.1-4.4, 4.8); week added for weekly rollups.
 select
     day,
     org_id,

@@ -1,3 +1,4 @@
+-- PR outcomes per ISO week x org x repository (docs/queries.md 4.7, 4.9).
 select
     week,
     org_id,

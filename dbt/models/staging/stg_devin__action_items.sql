@@ -1,3 +1,4 @@
+-- Action items of every session.
 select
     session_id,
     position,

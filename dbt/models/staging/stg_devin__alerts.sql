@@ -1,3 +1,4 @@
+-- Webhook alert incidents.
 select
     alert_id,
     alert_key,

@@ -1,3 +1,4 @@
+-- Every observed state of every pull request; is_current marks the one in force.
 select
     session_id,
     pr_url,

@@ -1,3 +1,4 @@
+-- Pull requests of every session.
 select
     session_id,
     pr_url,

@@ -1,3 +1,4 @@
+-- What the API sent that devin-etl's models do not know yet.
 select
     source,
     path,

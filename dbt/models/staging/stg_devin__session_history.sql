@@ -1,3 +1,4 @@
+-- Every observed version of every session; is_current marks the one in force.
 select
     session_id,
     valid_from,

@@ -1,3 +1,4 @@
+-- Analysis issues of every session, with the impact level the warehouse's views group by (function impact_level).
 select
     session_id,
     position,

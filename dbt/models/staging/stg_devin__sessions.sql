@@ -1,3 +1,4 @@
+-- Every session, soft-deleted ones included (is_deleted); raw (the API's item) is left out: read it from the source.
 select
     session_id,
     org_id,

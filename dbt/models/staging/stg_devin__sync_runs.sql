@@ -1,3 +1,4 @@
+-- Every sync run.
 select
     run_id,
     source,

@@ -1,3 +1,4 @@
+-- Sync progress per source, with the watermark (API server Unix seconds) as a timestamp.
 select
     source,
     watermark,

@@ -1,3 +1,4 @@
+-- ACUs burned per UTC day x org x user x category, spread over the days sessions ran (docs/queries.md 6.5, 6.6). A table.
 select
     day,
     week,

@@ -1,3 +1,4 @@
+-- One row per PR of a live session over its known history: first open, merged, closed; days to merge (docs/queries.md 6.3, 6.4). A table.
 select
     session_id,
     pr_url,

@@ -1,3 +1,4 @@
+-- Time each live session spent in each status and detail (docs/queries.md 6.1). A table: the view computes from every session's whole history.
 select
     session_id,
     org_id,

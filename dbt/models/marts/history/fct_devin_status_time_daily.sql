@@ -1,3 +1,4 @@
+-- Session-hours per UTC day x org x status x detail (docs/queries.md 6.2). A table, as of the last dbt run: today is partial.
 select
     day,
     org_id,
