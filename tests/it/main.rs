@@ -12,6 +12,7 @@ mod content_hash;
 mod crash_safety;
 mod daemon;
 mod db_faults;
+mod dbt_package;
 mod deferred_ddl;
 mod deploy_files;
 mod drift;
