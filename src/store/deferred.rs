@@ -110,7 +110,8 @@ impl Store {
         for object in &pending {
             let started = std::time::Instant::now();
             match restore_one(&mut conn, object).await {
-                Ok(()) => {
+                Ok(false) => {}
+                Ok(true) => {
                     tracing::info!(object = %object.0, kind = %object.2, seconds = started.elapsed().as_secs_f64(), "re-created a deferred index or key");
                     restored += 1;
                 }
@@ -128,8 +129,23 @@ impl Store {
     }
 }
 
-async fn restore_one(conn: &mut PgConnection, (object, table, kind, definition): &Deferred) -> anyhow::Result<()> {
+/// Locks `object`'s record for the transaction; false when it is gone (another run restored the object meanwhile:
+/// two sources' backfills may end together).
+async fn still_deferred(tx: &mut PgConnection, object: &str) -> anyhow::Result<bool> {
+    let row: Option<i32> = sqlx::query_scalar("select 1 from sync_deferred_ddl where object_name = $1 for update")
+        .bind(object)
+        .fetch_optional(tx)
+        .await
+        .context("locking a deferred index's record")?;
+    Ok(row.is_some())
+}
+
+/// Re-creates one recorded object; false when another run did it first.
+async fn restore_one(conn: &mut PgConnection, (object, table, kind, definition): &Deferred) -> anyhow::Result<bool> {
     let mut tx = conn.begin().await?;
+    if !still_deferred(&mut tx, object).await? {
+        return Ok(false);
+    }
     if kind == "index" {
         let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
             .bind(object)
@@ -154,6 +170,9 @@ async fn restore_one(conn: &mut PgConnection, (object, table, kind, definition):
             tx.execute(add.as_str()).await.with_context(|| format!("re-adding foreign key {object} of {table}"))?;
             tx.commit().await?;
             tx = conn.begin().await?;
+            if !still_deferred(&mut tx, object).await? {
+                return Ok(false);
+            }
         }
         if validated != Some(true) {
             let validate = format!("alter table {table} validate constraint {object}");
@@ -172,5 +191,5 @@ async fn restore_one(conn: &mut PgConnection, (object, table, kind, definition):
         .await
         .context("removing a restored index from sync_deferred_ddl")?;
     tx.commit().await.with_context(|| format!("committing {object}"))?;
-    Ok(())
+    Ok(true)
 }

@@ -142,3 +142,16 @@ async fn a_foreign_key_that_the_rows_violate_fails_loudly_and_stays_recorded_unt
     assert_eq!(deferred(&pool).await, vec![]);
     assert_eq!(schema_objects(&pool).await, migrated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_that_restore_at_once_each_object_is_re_created_once() {
+    let app = app().await;
+    let pool = app.store().pool().clone();
+    let migrated = schema_objects(&pool).await;
+    let n = app.store().defer_ddl_for_first_load().await.unwrap();
+    // Two sources' backfills that end together.
+    let (a, b) = tokio::join!(app.store().restore_deferred_ddl(), app.store().restore_deferred_ddl());
+    assert_eq!(a.unwrap() + b.unwrap(), n, "each object re-created by one of them, and neither fails");
+    assert_eq!(deferred(&pool).await, vec![]);
+    assert_eq!(schema_objects(&pool).await, migrated);
+}
