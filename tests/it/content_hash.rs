@@ -135,3 +135,12 @@ async fn sessions_without_a_trustworthy_hash_are_rewritten_once_and_their_rollup
     assert_eq!(again.writes.sessions_written, 0, "and only once");
     assert_eq!(row_versions(&pool).await, before);
 }
+
+/// The loader's statements are small; JIT compiling them on a bad estimate cost 4 s per batch at 1M (see
+/// docs/performance.md), so its connections have it off.
+#[tokio::test]
+async fn the_loaders_connections_never_jit() {
+    let (_db, store) = common::migrated_warehouse().await;
+    let jit: String = sqlx::query_scalar("show jit").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(jit, "off");
+}
