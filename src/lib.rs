@@ -16,6 +16,7 @@ pub mod human;
 pub mod retention;
 pub mod schedule;
 pub mod settings;
+pub mod shipped_queries;
 pub mod status;
 pub mod status_page;
 pub mod store;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
 use common::TestApp;
 use devin_etl::api::models::SessionInsights;
+use devin_etl::shipped_queries::{ShippedQuery, dashboard_queries, expand_grafana, sql_blocks, with_session_id};
 use devin_etl::store::Store;
 use devin_etl::sync::Mode;
 use serde_json::Value;
@@ -810,142 +811,9 @@ async fn views_match_the_truth_after_resyncs_and_drop_soft_deleted_sessions() {
 // ---------------------------------------------------------------------------------------------------------------
 // Every shipped query runs
 
-/// What Grafana's macros expand to, as plain SQL over "all of time".
+/// Grafana's time range as "all of time".
 const FROM: &str = "'2000-01-01T00:00:00Z'";
 const TO: &str = "'2100-01-01T00:00:00Z'";
-
-fn interval_unit(arg: &str) -> &'static str {
-    match arg.trim().trim_matches('\'') {
-        "1m" => "minute",
-        "1h" => "hour",
-        "1d" | "24h" => "day",
-        "1w" | "7d" => "week",
-        "1M" => "month",
-        other => panic!("unsupported interval {other:?} in a Grafana macro"),
-    }
-}
-
-/// Splits `a, 'b', f(c, d)` on top-level commas.
-fn split_args(args: &str) -> Vec<String> {
-    let (mut out, mut depth, mut quoted, mut current) = (Vec::new(), 0, false, String::new());
-    for c in args.chars() {
-        match c {
-            '\'' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
-            ')' if !quoted => depth -= 1,
-            ',' if !quoted && depth == 0 => {
-                out.push(std::mem::take(&mut current).trim().to_owned());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(c);
-    }
-    if !current.trim().is_empty() {
-        out.push(current.trim().to_owned());
-    }
-    out
-}
-
-/// Expands the Grafana macros and dashboard variables used in the shipped dashboard to plain PostgreSQL.
-pub(crate) fn expand_grafana(sql: &str, orgs: &str) -> String {
-    let mut out = String::new();
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        if let Some(after) = rest.strip_prefix("$__") {
-            let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-            let after_name = &after[name.len()..];
-            let (args, tail) = if let Some(inner) = after_name.strip_prefix('(') {
-                let mut depth = 1;
-                let end = inner
-                    .char_indices()
-                    .find(|&(_, c)| {
-                        depth += match c {
-                            '(' => 1,
-                            ')' => -1,
-                            _ => 0,
-                        };
-                        depth == 0
-                    })
-                    .map(|(i, _)| i)
-                    .unwrap_or_else(|| panic!("unbalanced macro in {sql}"));
-                (split_args(&inner[..end]), &inner[end + 1..])
-            } else {
-                (Vec::new(), after_name)
-            };
-            let expanded = match name.as_str() {
-                "timeFilter" => format!("{} between {FROM} and {TO}", args[0]),
-                "timeFrom" => FROM.to_owned(),
-                "timeTo" => TO.to_owned(),
-                "time" => format!("{} as time", args[0]),
-                "timeGroup" => format!("date_trunc('{}', {})", interval_unit(&args[1]), args[0]),
-                "timeGroupAlias" => format!("date_trunc('{}', {}) as time", interval_unit(&args[1]), args[0]),
-                other => panic!("Grafana macro $__{other} is not expanded by this test; add it"),
-            };
-            out.push_str(&expanded);
-            rest = tail;
-        } else if let Some(tail) = rest.strip_prefix("${org}").or_else(|| rest.strip_prefix("$org")) {
-            out.push_str(orgs);
-            rest = tail;
-        } else {
-            panic!("unknown Grafana variable at {:?}", &rest[..rest.len().min(20)]);
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The bodies of the ```sql blocks of a Markdown file.
-pub(crate) fn sql_blocks(markdown: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in markdown.lines() {
-        match &mut current {
-            None if line.trim() == "```sql" => current = Some(String::new()),
-            Some(_) if line.trim() == "```" => blocks.extend(current.take()),
-            Some(block) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            None => {}
-        }
-    }
-    assert!(current.is_none(), "unterminated ```sql block");
-    blocks
-}
-
-/// (panel title, format, rawSql) of every Postgres query in the dashboard, template variables included.
-pub(crate) fn dashboard_queries(dashboard: &Value) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    fn walk(v: &Value, title: &str, out: &mut Vec<(String, String, String)>) {
-        match v {
-            Value::Object(o) => {
-                let title = o.get("title").and_then(Value::as_str).unwrap_or(title);
-                if let Some(sql) = o.get("rawSql").and_then(Value::as_str) {
-                    let format = o.get("format").and_then(Value::as_str).unwrap_or("table");
-                    out.push((title.to_owned(), format.to_owned(), sql.to_owned()));
-                }
-                for (k, child) in o {
-                    if k != "rawSql" {
-                        walk(child, title, out);
-                    }
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|c| walk(c, title, out)),
-            _ => {}
-        }
-    }
-    walk(&dashboard["panels"], "", &mut out);
-    for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
-        if var["type"] == "query" {
-            let sql = var["query"].as_str().or_else(|| var["query"]["rawSql"].as_str()).expect("variable query");
-            out.push((format!("variable {}", var["name"]), "table".to_owned(), sql.to_owned()));
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn every_query_of_the_docs_and_the_grafana_dashboard_runs_on_a_synced_warehouse() {
@@ -960,9 +828,15 @@ async fn every_query_of_the_docs_and_the_grafana_dashboard_runs_on_a_synced_ware
     let docs = std::fs::read_to_string(root.join("docs/queries.md")).unwrap();
     let blocks = sql_blocks(&docs);
     assert!(blocks.len() >= 12, "docs/queries.md has {} sql blocks, want at least 12", blocks.len());
+    let session_id: String = sqlx::query_scalar("select session_id from v_sessions order by session_id limit 1")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let mut with_rows = 0;
-    for sql in &blocks {
-        let rows = sqlx::raw_sql(sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("docs query failed: {e}\n{sql}"));
+    for block in &blocks {
+        let sql = with_session_id(&block.sql, &session_id);
+        let rows =
+            sqlx::raw_sql(&sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("docs query failed: {e}\n{sql}"));
         with_rows += usize::from(!rows.is_empty());
     }
     assert!(with_rows >= 12, "only {with_rows} docs queries return rows on simulator data");
@@ -975,8 +849,8 @@ async fn every_query_of_the_docs_and_the_grafana_dashboard_runs_on_a_synced_ware
             .unwrap_or_else(|e| panic!("{dashboard_file} is not JSON: {e}"));
         let queries = dashboard_queries(&dashboard);
         assert!(queries.len() >= 10, "{dashboard_file}: only {} queries", queries.len());
-        for (title, format, raw) in queries {
-            let sql = expand_grafana(&raw, &org_list);
+        for ShippedQuery { name: title, format, sql: raw } in queries {
+            let sql = expand_grafana(&raw, FROM, TO, &[("org", &org_list)]).unwrap();
             let rows = sqlx::query(&sql)
                 .fetch_all(pool)
                 .await
@@ -1007,19 +881,4 @@ fn time_of(row: &sqlx::postgres::PgRow) -> Option<DateTime<Utc>> {
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .map(|t| t.and_utc())
     })
-}
-
-#[test]
-fn grafana_macros_expand_to_plain_sql() {
-    assert_eq!(
-        expand_grafana(
-            "select $__timeGroupAlias(created_at, '1d'), count(*) where $__timeFilter(day) and org_id in ($org)",
-            "'a'"
-        ),
-        "select date_trunc('day', created_at) as time, count(*) where day between '2000-01-01T00:00:00Z' and '2100-01-01T00:00:00Z' and org_id in ('a')"
-    );
-    assert_eq!(
-        expand_grafana("$__timeGroup(f(x, y),'1w') < $__timeTo()", ""),
-        "date_trunc('week', f(x, y)) < '2100-01-01T00:00:00Z'"
-    );
 }

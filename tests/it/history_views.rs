@@ -1,13 +1,13 @@
 //! The history views (issue 12): exact figures of time in status, PR lifecycles and ACUs burned per day on a
 //! hand-built history, and the history queries of `docs/queries.md` and the Grafana dashboard run on it.
 
-use crate::bi_views::{dashboard_queries, expand_grafana, sql_blocks};
 use crate::common;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use common::TestDb;
+use devin_etl::shipped_queries::{ShippedQuery, dashboard_queries, expand_grafana, sql_blocks, with_session_id};
 use devin_etl::store::Store;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -682,22 +682,24 @@ async fn the_history_queries_of_the_docs_and_the_dashboard_return_rows_on_a_know
     let history = &docs[docs.find("\n## 6. History").expect("docs/queries.md has a History section")..];
     let blocks = sql_blocks(history);
     assert!(blocks.len() >= 5, "the History section has {} sql blocks", blocks.len());
-    for sql in &blocks {
+    for block in &blocks {
+        let sql = with_session_id(&block.sql, "a");
         assert!(HISTORY_VIEWS.iter().any(|v| sql.contains(v)), "a History query reads no history view:\n{sql}");
-        let rows = sqlx::raw_sql(sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("docs query failed: {e}\n{sql}"));
+        let rows =
+            sqlx::raw_sql(&sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("docs query failed: {e}\n{sql}"));
         assert!(!rows.is_empty(), "docs query returns nothing on a known history:\n{sql}");
     }
 
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/dashboards/devin-etl.json")).unwrap())
             .unwrap();
-    let panels: Vec<_> = dashboard_queries(&dashboard)
-        .into_iter()
-        .filter(|(_, _, sql)| HISTORY_VIEWS.iter().any(|v| sql.contains(v)))
-        .collect();
+    let panels: Vec<_> =
+        dashboard_queries(&dashboard).into_iter().filter(|q| HISTORY_VIEWS.iter().any(|v| q.sql.contains(v))).collect();
     assert!(panels.len() >= 4, "only {} dashboard panels read the history views", panels.len());
-    for (title, _, raw) in panels {
-        let sql = expand_grafana(&raw, "'org-a','org-b'");
+    for ShippedQuery { name: title, sql: raw, .. } in panels {
+        let sql =
+            expand_grafana(&raw, "'2000-01-01T00:00:00Z'", "'2100-01-01T00:00:00Z'", &[("org", "'org-a','org-b'")])
+                .unwrap();
         let rows =
             sqlx::query(&sql).fetch_all(pool).await.unwrap_or_else(|e| panic!("panel {title:?} failed: {e}\n{sql}"));
         assert!(!rows.is_empty(), "panel {title:?} shows nothing on a known history\n{sql}");

@@ -35,6 +35,7 @@ mod resilience_input;
 mod resilience_late_data;
 mod retention;
 mod rollups;
+mod shipped_queries;
 mod shutdown;
 mod small_holes;
 mod sources;

@@ -1,5 +1,7 @@
 //! What the benchmark measures: its command-line arguments.
 
+use std::path::PathBuf;
+
 /// What to measure.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -47,4 +49,18 @@ pub struct BenchArgs {
     /// set's own rate, sessions / 730 days.
     #[arg(long)]
     pub steady_state_creates_per_day: Option<f64>,
+    /// Instead of the phases above: time every shipped dashboard query (Grafana panels, docs/queries.md sections 4
+    /// and 6) against the existing warehouse in --database (not recreated); see dashboards.rs.
+    #[arg(long)]
+    pub time_dashboards: bool,
+    /// --time-dashboards: timed runs per query after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub time_runs: usize,
+    /// --time-dashboards: seconds a query may take (statement_timeout) before it counts as failed.
+    #[arg(long, default_value_t = 120)]
+    pub query_timeout: u64,
+    /// --time-dashboards: the repository whose docs/queries.md and Grafana dashboard are timed (default: the one
+    /// this benchmark was built from).
+    #[arg(long)]
+    pub repo_root: Option<PathBuf>,
 }

@@ -1,7 +1,8 @@
 //! `devin-etl-bench`: measures backfill, incremental and no-op runs against the simulator in a separate
 //! process, next to the two floors (fetch-only and COPY-only), and checks the figures against issue 5's targets.
 //! Run it with `cargo run --release -p devin-etl-bench -- [ARGS]` (docs/performance.md). With
-//! `--steady-state-ticks N` it simulates N ticks of the daemon instead (`steady.rs`).
+//! `--steady-state-ticks N` it simulates N ticks of the daemon instead (`steady.rs`); with `--time-dashboards` it
+//! times every shipped dashboard query against an existing warehouse instead (`dashboards.rs`).
 //!
 //! One run, in this order:
 //! 1. the simulator starts as a child process (this program with `--serve-simulator`), so its CPU and memory are
@@ -19,6 +20,7 @@
 //! clock. CPU seconds per phase are read from `/proc`: this process, the simulator, and every `postgres` process.
 
 mod args;
+mod dashboards;
 mod database;
 mod floors;
 mod measure;
@@ -95,6 +97,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         "--database {:?} must be a plain lowercase identifier (it is dropped and recreated)",
         args.database
     );
+    if args.time_dashboards {
+        return dashboards::run(settings, &args).await;
+    }
     if args.steady_state_ticks > 0 {
         return tokio::select! {
             result = steady::run(settings, &args) => result,
