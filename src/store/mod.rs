@@ -37,6 +37,7 @@ pub use enrichment::{BackoffPolicy, EnrichmentCandidate, EnrichmentClock};
 pub use error::{DatabaseTimeout, LostLock, Retry, SourceBusy, StoreError, StoreErrorKind};
 pub use load::copy_in;
 pub use lock::{Fence, SourceLock};
+pub use rollups::TABLES as ROLLUP_TABLES;
 pub use rows::*;
 pub use state::{BackfillState, ClockState, MassDeleteRefused, RunRecord, RunRow, RunStatus};
 
@@ -253,9 +254,10 @@ impl Store {
     }
 }
 
-/// The tables a backfill loads — the session tables and their history — as a list for `VACUUM` or `ANALYZE`.
+/// The tables a backfill loads — the session tables, their history and the rollups — as a list for `VACUUM` or
+/// `ANALYZE`.
 fn loaded_tables() -> Vec<&'static str> {
-    Table::ALL.iter().map(|t| t.name()).chain(catalogue::HISTORY).collect()
+    Table::ALL.iter().map(|t| t.name()).chain(catalogue::HISTORY).chain(rollups::TABLES).collect()
 }
 
 /// The tables `status` and `demo` count: the session tables, their history, then the bookkeeping (`sync_state`,

@@ -4,6 +4,19 @@
 //! (`rollup_session_contributions`) and adds what it is now — so they are never stale and never rebuilt.
 
 use anyhow::Context as _;
+
+/// The rollup tables and their bookkeeping, which a backfill fills beside the session tables (and so vacuums and
+/// analyzes with them: a dashboard query planned without their statistics scans them whole).
+pub const TABLES: [&str; 8] = [
+    "rollup_session_contributions",
+    "rollup_daily_usage",
+    "rollup_daily_starters",
+    "rollup_daily_pull_requests",
+    "rollup_daily_issues",
+    "rollup_daily_issue_levels",
+    "rollup_daily_action_items",
+    "rollup_daily_action_item_types",
+];
 use sqlx::PgConnection;
 
 /// Brings the rollups up to date for the sessions `ids` (just written, revived or marked deleted), inside the

@@ -339,3 +339,19 @@ async fn the_migration_builds_the_rollups_of_an_existing_warehouse() {
     app.store().migrate().await.unwrap();
     assert_rollups_exact(pool, "after the upgrade").await;
 }
+
+/// The backfill's closing `VACUUM (ANALYZE)` covers every rollup table: the list in the code is the schema's.
+#[tokio::test]
+async fn every_rollup_table_is_vacuumed_and_analyzed_after_a_backfill() {
+    let (_db, store) = common::migrated_warehouse().await;
+    let mut in_schema: Vec<String> = sqlx::query_scalar(
+        "select tablename::text from pg_tables where schemaname = current_schema() and tablename like 'rollup\\_%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    in_schema.sort();
+    let mut listed: Vec<String> = devin_etl::store::ROLLUP_TABLES.iter().map(|t| t.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, in_schema);
+}
