@@ -9,41 +9,24 @@ use devin_etl::sync::Mode;
 use devin_sim::SimulatorConfig;
 use sqlx::PgPool;
 
-/// Every table a sync writes (warehouse, history, rollups and their bookkeeping).
-const WRITTEN_TABLES: &[&str] = &[
-    "sessions",
-    "session_pull_requests",
-    "session_issues",
-    "session_action_items",
-    "session_timeline_events",
-    "session_note_usages",
-    "session_prompt_feedback",
-    "session_tags",
-    "session_children",
-    "session_history",
-    "session_pull_request_history",
-    "rollup_session_contributions",
-    "rollup_daily_usage",
-    "rollup_daily_starters",
-    "rollup_daily_pull_requests",
-    "rollup_daily_issues",
-    "rollup_daily_issue_levels",
-    "rollup_daily_action_items",
-    "rollup_daily_action_item_types",
-];
+/// Every table a sync writes: the session tables, their history, the rollups and their bookkeeping.
+fn written_tables() -> Vec<&'static str> {
+    use devin_etl::store::catalogue::{HISTORY, Table};
+    Table::ALL.iter().map(|t| t.name()).chain(HISTORY).chain(devin_etl::store::ROLLUP_TABLES).collect()
+}
 
 /// Each table's row versions: any insert, update or delete changes its fingerprint (a rewritten row gets a new
 /// `xmin`, even with the same values).
 async fn row_versions(pool: &PgPool) -> Vec<(&'static str, i64, String)> {
     let mut out = Vec::new();
-    for table in WRITTEN_TABLES {
+    for table in written_tables() {
         let (rows, versions): (i64, Option<String>) = sqlx::query_as(&format!(
             "select count(*), md5(string_agg(xmin::text || '/' || ctid::text, ',' order by ctid)) from {table}"
         ))
         .fetch_one(pool)
         .await
         .unwrap();
-        out.push((*table, rows, versions.unwrap_or_default()));
+        out.push((table, rows, versions.unwrap_or_default()));
     }
     out
 }
