@@ -12,8 +12,8 @@
 use anyhow::Context as _;
 use sqlx::{Connection as _, Executor as _, PgConnection};
 
+use super::Store;
 use super::catalogue::{HISTORY, Table};
-use super::{Store, keepalive};
 
 /// One recorded object: `(object_name, table_name, kind, definition)`.
 type Deferred = (String, String, String, String);
@@ -102,9 +102,7 @@ impl Store {
         if pending.is_empty() {
             return Ok(0);
         }
-        let unbounded = self.connect_options.clone().options([("statement_timeout", "0"), ("lock_timeout", "0")]);
-        let mut conn = PgConnection::connect_with(&unbounded).await.context("connecting to re-create indexes")?;
-        keepalive::apply(self.port);
+        let mut conn = self.connection_without(&["statement_timeout", "lock_timeout"], "to re-create indexes").await?;
         // Every object is tried: one key that fails does not keep the others away.
         let (mut restored, mut first_error) = (0, None);
         for object in &pending {

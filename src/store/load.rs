@@ -7,8 +7,8 @@
 //!
 //! Merge rules: a session is written when it is new, when its `updated_at` is newer, or when it is as new but
 //! its content differs (late analysis does not bump `updated_at`; the content hash tells, `content_hash.rs`) or it
-//! was soft-deleted. An older copy never overwrites a newer one. Child rows of every written session are replaced as a set; unchanged sessions cost
-//! no writes at all.
+//! was soft-deleted. An older copy never overwrites a newer one. Child rows of every written session are replaced as
+//! a set; unchanged sessions cost no writes at all.
 
 use std::sync::LazyLock;
 

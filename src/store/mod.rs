@@ -182,9 +182,7 @@ impl Store {
             .with_context(|| format!("cannot create schema {}", self.schema))?;
         // A connection of its own without the sync's statement and lock timeouts: building an index on a large
         // table may take minutes, and replicas starting together wait for each other's migrations.
-        let unbounded = self.connect_options.clone().options([("statement_timeout", "0"), ("lock_timeout", "0")]);
-        let mut conn = PgConnection::connect_with(&unbounded).await.context("connecting to apply migrations")?;
-        keepalive::apply(self.port);
+        let mut conn = self.connection_without(&["statement_timeout", "lock_timeout"], "to apply migrations").await?;
         let migrated = MIGRATOR.run(&mut conn).await;
         conn.close().await.ok();
         migrated.with_context(|| format!("migrating schema {} failed", self.schema))?;
@@ -207,9 +205,16 @@ impl Store {
         }
     }
 
-    /// Refreshes the planner's statistics of the session tables and their history. After a bulk load, autovacuum
-    /// may take a minute to get there, and until then the first incremental run plans its child-row deletes as
-    /// scans.
+    /// A connection of its own, outside the pool, with the server-side `limits` (e.g. `statement_timeout`) of the
+    /// sync's connections switched off: for work that may rightly take minutes (migrations, VACUUM, index builds).
+    /// TCP keepalive still notices a dead server.
+    pub(super) async fn connection_without(&self, limits: &[&str], what: &str) -> anyhow::Result<PgConnection> {
+        let unbounded = self.connect_options.clone().options(limits.iter().map(|limit| (*limit, "0")));
+        let conn = PgConnection::connect_with(&unbounded).await.with_context(|| format!("connecting {what}"))?;
+        keepalive::apply(self.port);
+        Ok(conn)
+    }
+
     /// `VACUUM (ANALYZE)` of the session tables and their history, after a backfill: rows freshly COPYed carry no
     /// hint bits, so without it the first runs after a large backfill set them on every page they touch — dirtying
     /// pages they only read (at 1M sessions, deleting a first incremental run's old child rows took 37 s; after a
@@ -220,9 +225,7 @@ impl Store {
         let tables = loaded_tables();
         // A connection of its own without the sync's statement timeout (as for migrations); VACUUM cannot run in a
         // transaction, so it is sent alone.
-        let unbounded = self.connect_options.clone().options([("statement_timeout", "0")]);
-        let mut conn = PgConnection::connect_with(&unbounded).await.context("connecting to vacuum the warehouse")?;
-        keepalive::apply(self.port);
+        let mut conn = self.connection_without(&["statement_timeout"], "to vacuum the warehouse").await?;
         let sql = format!("vacuum (analyze) {}", tables.join(", "));
         let vacuumed = sqlx::Executor::execute(&mut conn, sql.as_str()).await;
         conn.close().await.ok();
@@ -230,6 +233,8 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the planner's statistics of the loaded tables. After a bulk load, autovacuum may take a minute to
+    /// get there, and until then the first incremental run plans its child-row deletes as scans.
     pub async fn analyze(&self) -> anyhow::Result<()> {
         let tables = loaded_tables();
         let tables = tables.join(", ");
