@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::human;
-use crate::settings::SyncSettings;
 use crate::store::alerts::AlertRow;
 use crate::store::{DriftRow, RunRow, Store};
 
@@ -96,18 +95,8 @@ pub struct BackfillProgress {
     pub total: usize,
 }
 
-/// The configured backfill plan (`sync.backfill_start`, `sync.backfill_window`), to count a backfill's windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackfillPlan {
-    pub start: i64,
-    pub width: i64,
-}
-
-impl BackfillPlan {
-    pub fn of(sync: &SyncSettings) -> BackfillPlan {
-        BackfillPlan { start: sync.backfill_start.timestamp(), width: sync.backfill_window.as_secs() as i64 }
-    }
-}
+/// The configured backfill plan, to count a backfill's windows against.
+pub use crate::sync::BackfillPlan;
 
 /// One source's status and the row counts of every table.
 pub async fn collect(store: &Store, source: &str, plan: Option<BackfillPlan>) -> anyhow::Result<Status> {
@@ -140,7 +129,7 @@ async fn collect_source(store: &Store, source: &str, plan: Option<BackfillPlan>)
     };
     let backfill_windows = match (&state, plan) {
         (Some(state), Some(plan)) => {
-            let all = crate::sync::backfill_plan(plan.start, plan.width, state.server_start);
+            let all = plan.windows_until(state.server_start);
             let done = store.completed_windows(source).await?;
             Some(BackfillProgress { done: all.iter().filter(|w| done.contains(&w.key())).count(), total: all.len() })
         }

@@ -11,6 +11,7 @@ use super::progress::Progress;
 use super::walk::{self, OnComplete, RunClock, WalkPlan, WalkStats};
 use super::{Interrupted, RunErrorKind, Syncer};
 use crate::api::ListQuery;
+use crate::settings::SyncSettings;
 
 /// One window as sent to the API. `None` is an open end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +59,28 @@ pub(super) async fn server_probe(syncer: &Syncer) -> anyhow::Result<Option<(i64,
     Ok(probe.server_time.map(|time| (time, probe.request)))
 }
 
+/// The configured backfill plan (`sync.backfill_start`, `sync.backfill_window`): what a backfill or reconcile
+/// walks, and what `status` counts a backfill's windows against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillPlan {
+    pub start: i64,
+    pub width: i64,
+}
+
+impl BackfillPlan {
+    pub fn of(sync: &SyncSettings) -> BackfillPlan {
+        BackfillPlan { start: sync.backfill_start.timestamp(), width: sync.backfill_window.as_secs() as i64 }
+    }
+
+    /// The windows of history up to `end`.
+    pub fn windows_until(self, end: i64) -> Vec<Window> {
+        plan(self.start, self.width, end)
+    }
+}
+
 /// The windows of history up to `end`, as configured.
 pub(super) fn windows_until(syncer: &Syncer, end: i64) -> Vec<Window> {
-    let sync = &syncer.settings().sync;
-    plan(sync.backfill_start.timestamp(), sync.backfill_window.as_secs() as i64, end)
+    BackfillPlan::of(&syncer.settings().sync).windows_until(end)
 }
 
 pub(super) async fn run(syncer: &Syncer, clock: RunClock) -> anyhow::Result<WalkStats> {

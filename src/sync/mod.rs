@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-pub use backfill::{Window, plan as backfill_plan};
+pub use backfill::{BackfillPlan, Window, plan as backfill_plan};
 pub use error::{Interrupted, RunError, RunErrorKind};
 pub use job::{Job, TickOutcome};
 pub use progress::{Progress, ProgressSink};
