@@ -28,7 +28,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::ExposeSecret as _;
 
 use crate::alerts::Scrubber;
 use crate::human;
@@ -74,46 +73,13 @@ pub struct StatusPage {
 }
 
 impl StatusPage {
-    /// The page of the sources `sources` (from [`Settings::per_source`]): their backfill plan, and their secrets —
-    /// each source's API token, the alerts' webhook URL, the database URL and its password.
+    /// The page of the sources `sources` (from [`Settings::per_source`]): their backfill plan, and their secrets.
     pub fn of(sources: &[Settings]) -> StatusPage {
-        let mut secrets: Vec<String> = Vec::new();
-        for settings in sources {
-            secrets.extend(settings.api.token.as_ref().map(|t| t.expose_secret().to_owned()));
-            secrets.extend(settings.alerts.webhook_url.as_ref().map(|u| u.expose_secret().to_owned()));
-            let database = settings.database.url.expose_secret();
-            secrets.push(database.to_owned());
-            if let Some(password) = url::Url::parse(database).ok().and_then(|u| u.password().map(str::to_owned)) {
-                let decoded = percent_decoded(&password);
-                secrets.extend([password, decoded]);
-            }
-        }
         StatusPage {
             backfill_plan: sources.first().map(|s| BackfillPlan::of(&s.sync)),
-            scrubber: Scrubber::new(secrets),
+            scrubber: Scrubber::of_config(sources),
         }
     }
-}
-
-/// `text` with its `%XX` escapes decoded (a URL's password as the server knows it).
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The router's own state: the caller's, plus what the handlers remember between requests.
@@ -371,14 +337,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_escapes_are_decoded() {
-        assert_eq!(percent_decoded("p%40ss%2Fw%3Ard"), "p@ss/w:rd");
-        assert_eq!(percent_decoded("plain"), "plain");
-        assert_eq!(percent_decoded("100%"), "100%");
-        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
-    }
 
     #[test]
     fn the_page_knows_every_secret_of_the_configuration() {

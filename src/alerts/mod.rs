@@ -12,7 +12,6 @@ mod payload;
 
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
 pub use deliver::{Delivery, Webhook, backoff};
@@ -45,13 +44,12 @@ impl Alerter {
         let Some(url) = settings.webhook_url.clone() else {
             return Ok(None);
         };
-        let secrets = sources.iter().filter_map(|s| s.api.token.as_ref()).map(|t| t.expose_secret().to_owned());
         Ok(Some(Alerter {
             store,
             webhook: Webhook::new(url, settings.timeout)?,
             sources: sources.iter().map(|s| s.sync.source.clone()).collect(),
             max_staleness: first.server.max_staleness,
-            scrubber: Scrubber::new(secrets),
+            scrubber: Scrubber::of_config(sources),
             started: Instant::now(),
             settings,
         }))

@@ -1,8 +1,10 @@
 //! What the receiver gets: one JSON body that Slack incoming webhooks accept (`text`, one line) and generic
 //! receivers read (`alert`, structured), with every configured secret scrubbed out.
 
+use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
+use crate::settings::Settings;
 use crate::store::alerts::AlertRow;
 
 /// Which notification of an incident is sent.
@@ -43,8 +45,8 @@ pub fn body(alert: &AlertRow, state: State, scrubber: &Scrubber) -> Value {
     scrubber.value(body)
 }
 
-/// Replaces every configured secret (the API tokens of all sources) wherever it appears in text: defence in
-/// depth, since nothing an alert is built from should ever hold one.
+/// Replaces every configured secret ([`Scrubber::of_config`]) wherever it appears in text: defence in depth, since
+/// nothing an alert or the status page is built from should ever hold one.
 #[derive(Clone, Default)]
 pub struct Scrubber {
     secrets: Vec<String>,
@@ -63,6 +65,23 @@ impl Scrubber {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
         Scrubber { secrets }
+    }
+
+    /// The scrubber of the sources `sources` (from [`Settings::per_source`]): each source's API token, the alerts'
+    /// webhook URL, the database URL and its password (as written and percent-decoded).
+    pub fn of_config(sources: &[Settings]) -> Scrubber {
+        let mut secrets: Vec<String> = Vec::new();
+        for settings in sources {
+            secrets.extend(settings.api.token.as_ref().map(|t| t.expose_secret().to_owned()));
+            secrets.extend(settings.alerts.webhook_url.as_ref().map(|u| u.expose_secret().to_owned()));
+            let database = settings.database.url.expose_secret();
+            secrets.push(database.to_owned());
+            if let Some(password) = url::Url::parse(database).ok().and_then(|u| u.password().map(str::to_owned)) {
+                let decoded = percent_decoded(&password);
+                secrets.extend([password, decoded]);
+            }
+        }
+        Scrubber::new(secrets)
     }
 
     pub fn text(&self, text: &str) -> String {
@@ -93,9 +112,38 @@ impl std::fmt::Debug for Scrubber {
     }
 }
 
+/// `text` with its `%XX` escapes decoded (a URL's password as the server knows it).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(percent_decoded("p%40ss%2Fw%3Ard"), "p@ss/w:rd");
+        assert_eq!(percent_decoded("plain"), "plain");
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+    }
 
     fn alert() -> AlertRow {
         AlertRow {
